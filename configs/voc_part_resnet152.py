@@ -1,0 +1,41 @@
+"""The authors' released procedure: ResNet-152 on VOC Part animals (6 classes, 128x128 crops).
+
+Alternating STD/CSG epochs with two Adam optimisers, lower layers frozen. The VOC Part crops are
+read as an image folder (train/<class>/*.jpg, test/<class>/*.jpg): pass --config.data.path.
+ImageNet-pretrained weights are not bundled: start from converted weights with your own workflow.
+"""
+
+from csg_jax.config_base import base_config
+
+
+def get_config():
+  config = base_config("folder")
+  config.data.image_size = 128  # square crops around each object
+  config.data.num_classes = 6  # bird, cat, cow, dog, horse, sheep
+  config.data.crop_padding = 16  # size / 8, as released
+  config.data.mean = (0.485, 0.456, 0.406)  # ImageNet statistics
+  config.data.std = (0.229, 0.224, 0.225)  # ImageNet statistics
+  config.num_epochs = 151.0  # epochs 0..150
+  config.batch_size = 32  # global batch
+  config.eval_batch_size = 64  # global eval batch
+  config.checkpoint_every_steps = 1000  # steps between checkpoints
+  config.model.name = "resnet152"  # K = 2048
+  config.optimizer.name = "adam"  # optimiser A, STD epochs
+  config.optimizer.learning_rate = 1e-5  # optimiser A learning rate
+  config.optimizer.weight_decay = 0.0  # none, as released
+  config.optimizer.schedule = "multistep"  # x0.1 at each milestone, counted in its own epochs
+  config.optimizer.milestones = (0.4, 0.6, 0.8)  # fractions of each optimiser's own steps
+  config.optimizer.freeze = r"^backbone/(stem_|stage1_|stage2_)"  # STD epochs: stage3, stage4, head
+  config.csg.schedule = "alternate"  # the released epoch rule
+  config.csg.warmup_epochs = 10  # STD-only epochs first
+  config.csg.period = 3  # CSG epoch iff epoch % 3 >= 2
+  config.csg.min_phase = 2  # see period
+  config.csg.csg_optimizer = "adam"  # optimiser B, CSG epochs
+  config.csg.csg_learning_rate = 1e-3  # optimiser B learning rate (top layers)
+  config.csg.csg_freeze = r"^backbone/stage3_"  # CSG epochs also freeze stage3: stage4, head, G
+  config.csg.gate_optimizer = "adam"  # G is in optimiser B as released
+  config.csg.gate_learning_rate = 1e-3  # same learning rate as optimiser B
+  config.csg.sparsity_weight = 1e-3  # hinge weight in CSG epochs
+  config.csg.target_density = 0.2  # L1 budget 0.2 * C * K
+  config.csg.projection = "max_normalize"  # column max -> 1 after every CSG step
+  return config
