@@ -1,0 +1,142 @@
+"""The `config.data` sub-config: defaults per source and validation."""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Sequence
+
+import ml_collections
+from ml_collections import config_dict
+
+from csg_jax.errors import CSGError
+
+SOURCES = ("digits", "folder", "tfds")
+TAR_EXTENSIONS = (".tar.gz", ".tgz", ".tar")  # Archives the folder source reads.
+
+# Per-channel statistics of the training images, on the 0..1 scale.
+DIGITS_MEAN, DIGITS_STD = (0.3054,), (0.3760,)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def default_config(source: str = "digits") -> ml_collections.ConfigDict:
+  """Returns the data config with every field, defaulted for `source`.
+
+  All sources share one set of fields so that `--config.data.source=...` can switch between them
+  on the command line; fields a source does not use are ignored by it.
+  """
+  if source not in SOURCES:
+    raise CSGError(f"Unknown data source {source!r}: choose one of {', '.join(SOURCES)}.")
+  cifar_like = source != "digits"
+  c = ml_collections.ConfigDict()
+  c.source = source  # Where examples come from: 'digits' (bundled), 'folder' or 'tfds'.
+  # (folder) A folder or .tar/.tar.gz/.tgz holding <train_split>/<class>/*.{jpg,jpeg,png}.
+  c.path = config_dict.placeholder(str)
+  c.name = "cifar10"  # (tfds) TFDS data set name, e.g. 'cifar10' or 'imagenet2012'.
+  c.data_dir = config_dict.placeholder(str)  # (tfds) Local or gs:// data dir; None: TFDS default.
+  c.download = True  # (tfds) Let TFDS download and prepare the data set when data_dir lacks it.
+  c.train_split = "train"  # (folder, tfds) Split (sub-folder or TFDS split) used for training.
+  c.test_split = "test"  # (folder, tfds) Split (sub-folder or TFDS split) used for evaluation.
+  c.test_fraction = 0.2  # (digits) Fraction held out, stratified, with a fixed seed, as 'test'.
+  c.cache_dir = "~/.cache/csg_jax"  # (folder) Where decoded arrays are cached, keyed by content.
+  c.decode_workers = 0  # (folder) Decoding processes; 0: one per CPU core, 1: in-process.
+  c.skip_corrupt = False  # (folder) Skip unreadable images (and report them) instead of failing.
+  c.image_size = config_dict.placeholder(int)  # Square side images are resized to; None: keep.
+  c.num_classes = config_dict.placeholder(int)  # If set, the data must have this many classes.
+  c.crop_padding = 4 if cifar_like else 0  # Train: random crop after zero-padding by this many px.
+  c.flip = cifar_like  # Train: random horizontal flip (False for digits: a flipped digit is wrong).
+  c.random_resized_crop = False  # Train: ImageNet-style random-resized crop (no crop_padding).
+  c.rrc_scale = (0.08, 1.0)  # Random-resized crop: range of the crop's area fraction.
+  c.rrc_ratio = (3 / 4, 4 / 3)  # Random-resized crop: range of the crop's aspect ratio (w/h).
+  c.mean = CIFAR10_MEAN if cifar_like else DIGITS_MEAN  # Per-channel mean (0..1) to subtract.
+  c.std = CIFAR10_STD if cifar_like else DIGITS_STD  # Per-channel std (0..1) to divide by.
+  c.prefetch = 2  # Batches a background thread prepares ahead; 0: none.
+  return c
+
+
+def validate_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raises CSGError naming the first bad field of a data config and how to fix it."""
+  source = cfg.get("source")
+  if source not in SOURCES:
+    raise CSGError(f"data.source is {source!r}: set it to one of {', '.join(SOURCES)}.")
+  known = set(default_config(source).keys())
+  given = set(cfg.keys())
+  if unknown := sorted(given - known):
+    raise CSGError(f"Unknown data config field(s) {unknown} (a typo?); known fields: "
+                   f"{sorted(known)}.")
+  if missing := sorted(known - given):
+    raise CSGError(f"data config lacks field(s) {missing}; start from "
+                   f"csg_jax.data.default_config({source!r}).")
+
+  for field in ("flip", "random_resized_crop", "skip_corrupt", "download"):
+    if not isinstance(cfg[field], bool):
+      raise CSGError(f"data.{field} is {cfg[field]!r}: set it to True or False.")
+  for field in ("crop_padding", "decode_workers", "prefetch"):
+    _check_int(cfg, field, minimum=0)
+  for field in ("image_size", "num_classes"):
+    if cfg[field] is not None:
+      _check_int(cfg, field, minimum=1)
+  for field in ("train_split", "test_split", "cache_dir", "name"):
+    if not isinstance(cfg[field], str) or not cfg[field]:
+      raise CSGError(f"data.{field} is {cfg[field]!r}: set it to a non-empty string.")
+  if cfg.train_split == cfg.test_split:
+    raise CSGError(f"data.train_split and data.test_split are both {cfg.test_split!r}: "
+                   "evaluate on a different split.")
+
+  mean = _floats(cfg, "mean")
+  std = _floats(cfg, "std")
+  if len(mean) != len(std):
+    raise CSGError(f"data.mean has {len(mean)} values but data.std has {len(std)}: "
+                   "give one value per channel in both.")
+  if min(std) <= 0:
+    raise CSGError(f"data.std is {std}: every value must be > 0.")
+  if not 0 < cfg.test_fraction < 1:
+    raise CSGError(f"data.test_fraction is {cfg.test_fraction}: set it between 0 and 1.")
+
+  if cfg.random_resized_crop:
+    if cfg.crop_padding:
+      raise CSGError("data.random_resized_crop and data.crop_padding are both set: "
+                     "use one crop augmentation (set crop_padding=0 for random-resized crop).")
+    lo, hi = _pair(cfg, "rrc_scale")
+    if not 0 < lo <= hi <= 1:
+      raise CSGError(f"data.rrc_scale is {(lo, hi)}: need 0 < low <= high <= 1.")
+    lo, hi = _pair(cfg, "rrc_ratio")
+    if not 0 < lo <= hi:
+      raise CSGError(f"data.rrc_ratio is {(lo, hi)}: need 0 < low <= high.")
+
+  if source == "folder":
+    if not cfg.path:
+      raise CSGError("data.path is not set: set --config.data.path to a folder or .tar.gz holding "
+                     "train/<class>/*.jpg and test/<class>/*.jpg.")
+    path = os.path.expanduser(cfg.path)
+    if not os.path.exists(path):
+      raise CSGError(f"data.path {cfg.path!r} does not exist: point it at a folder or tarball "
+                     "of images (train/<class>/*.jpg, test/<class>/*.jpg).")
+    if not os.path.isdir(path) and not is_tarball(path):
+      raise CSGError(f"data.path {cfg.path!r} is neither a folder nor a .tar/.tar.gz/.tgz file.")
+
+
+def is_tarball(path: str) -> bool:
+  """Whether `path` names a tar archive this package reads (by its extension)."""
+  return path.lower().endswith(TAR_EXTENSIONS)
+
+
+def _check_int(cfg, field: str, minimum: int) -> None:
+  value = cfg[field]
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    raise CSGError(f"data.{field} is {value!r}: set it to an integer >= {minimum}.")
+
+
+def _floats(cfg, field: str) -> tuple[float, ...]:
+  value = cfg[field]
+  if (not isinstance(value, Sequence) or isinstance(value, str) or not value
+      or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
+    raise CSGError(f"data.{field} is {value!r}: set it to a tuple of numbers, one per channel.")
+  return tuple(float(v) for v in value)
+
+
+def _pair(cfg, field: str) -> tuple[float, float]:
+  value = _floats(cfg, field)
+  if len(value) != 2:
+    raise CSGError(f"data.{field} is {value!r}: give exactly two numbers (low, high).")
+  return value

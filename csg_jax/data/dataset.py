@@ -1,0 +1,94 @@
+"""The Dataset record and random-access splits every source produces."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from csg_jax.errors import CSGError
+
+
+@runtime_checkable
+class Split(Protocol):
+  """Random-access source of raw examples."""
+
+  def __len__(self) -> int:
+    ...
+
+  def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (uint8 images [n, H, W, C], int32 labels [n]) for `indices`, in that order."""
+    ...
+
+
+class ArraySplit:
+  """A split held as arrays in memory or memory-mapped from a cache file."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray):
+    if images.dtype != np.uint8 or images.ndim != 4:
+      raise ValueError(f"images must be uint8 [n, H, W, C], got {images.dtype} {images.shape}")
+    if labels.shape != (len(images),):
+      raise ValueError(f"labels shape {labels.shape} does not match {len(images)} images")
+    self.images = images
+    self.labels = np.asarray(labels, np.int32)
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    indices = np.asarray(indices, np.int64)
+    # Sorted reads walk a memory-mapped file forwards; the inverse permutation restores order.
+    order = np.argsort(indices, kind="stable")
+    images = np.empty((len(indices),) + self.images.shape[1:], np.uint8)
+    images[order] = self.images[indices[order]]
+    return images, self.labels[indices]
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheInfo:
+  """Where a source's decoded arrays live and whether this load built them."""
+  path: str
+  built: bool
+  seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A classification data set: class names, the model's input shape and its splits."""
+  name: str
+  class_names: tuple[str, ...]
+  image_shape: tuple[int, int, int]  # (H, W, C) the model sees, after any resize.
+  splits: Mapping[str, Split]  # At least 'train' and 'test'.
+  skipped: tuple[str, ...] = ()  # Unreadable files left out (data.skip_corrupt).
+  cache: CacheInfo | None = None  # Set by sources that decode into a local cache.
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+def check_labels(split: str, labels: np.ndarray, num_classes: int) -> None:
+  """Raises CSGError if any label lies outside [0, num_classes)."""
+  bad = labels[(labels < 0) | (labels >= num_classes)]
+  if bad.size:
+    raise CSGError(f"Split {split!r} has label {int(bad[0])} outside [0, {num_classes}) "
+                   f"({bad.size} such labels): fix the data or its class list.")
+
+
+def resize_image(image: Image.Image, size: int | None) -> Image.Image:
+  """Resizes a PIL image to size x size (bilinear, antialiased) unless it is already that size."""
+  if size is None or image.size == (size, size):
+    return image
+  return image.resize((size, size), Image.BILINEAR)
+
+
+def check_channels(dataset: Dataset, cfg) -> None:
+  """Raises CSGError unless data.mean and data.std give one value per image channel."""
+  channels = dataset.image_shape[-1]
+  if len(cfg.mean) != channels or len(cfg.std) != channels:
+    raise CSGError(f"data.mean/data.std have {len(cfg.mean)}/{len(cfg.std)} values but "
+                   f"{dataset.name!r} images have {channels} channel(s): give one value per "
+                   "channel.")

@@ -1,0 +1,29 @@
+"""`load_dataset`: validates the data config, then loads the chosen source."""
+
+from __future__ import annotations
+
+import importlib
+
+from csg_jax.data.config import validate_config
+from csg_jax.data.dataset import ArraySplit, Dataset, check_channels, check_labels
+from csg_jax.errors import CSGError
+
+# Imported on demand: digits pulls in scikit-learn, tfds pulls in tensorflow_datasets.
+_LOADERS = {"digits": "csg_jax.data.digits", "folder": "csg_jax.data.folder",
+            "tfds": "csg_jax.data.tfds_source"}
+
+
+def load_dataset(data_config) -> Dataset:
+  """Returns the Dataset `data_config` describes; CSGError on a bad config or bad data."""
+  validate_config(data_config)
+  dataset = importlib.import_module(_LOADERS[data_config.source]).load(data_config)
+  for role, split in dataset.splits.items():
+    if isinstance(split, ArraySplit):  # Other splits check labels as they read them.
+      check_labels(role, split.labels, dataset.num_classes)
+  if data_config.num_classes is not None and data_config.num_classes != dataset.num_classes:
+    raise CSGError(f"data.num_classes is {data_config.num_classes} but {dataset.name!r} has "
+                   f"{dataset.num_classes} classes ({', '.join(dataset.class_names[:12])}"
+                   f"{', ...' if dataset.num_classes > 12 else ''}): fix data.num_classes or "
+                   "unset it.")
+  check_channels(dataset, data_config)
+  return dataset
