@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional, Tuple
 import jax
 import orbax.checkpoint as ocp
 
+from csg_jax import parallel
 from csg_jax.errors import CSGError
 
 
@@ -65,7 +66,8 @@ class Checkpointer:
       return
     self._manager.wait_until_finished()
     os.makedirs(self.manifests, exist_ok=True)
-    steps = set(self._manager.all_steps(read=True))
+    self._manager.reload()
+    steps = set(self._manager.all_steps())
     for step in steps:
       path = self._manifest_path(step)
       if not os.path.exists(path):
@@ -106,8 +108,8 @@ class Checkpointer:
           # reason to fall back to the previous one, reported; not a reason to crash here.
           reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
       errors.append(f"step {step}: {reason}")
-      print(f"warning: checkpoint at step {step} is unusable ({reason[:300]}); "
-            "trying the previous one", flush=True)
+      parallel.print_main(f"warning: checkpoint at step {step} is unusable ({reason[:300]}); "
+                          "trying the previous one")
     if steps:
       raise CSGError(
           f"none of the {len(steps)} checkpoints in {self.directory} could be restored "

@@ -228,8 +228,8 @@ def _init_from(path: str, skip_pattern: str, template: TrainState) -> Dict[str, 
                    f"parameters): {'; '.join(problems[:6])}"
                    f"{' ...' if len(problems) > 6 else ''}. Skip them with "
                    "--config.init_from_skip=<regex>, e.g. '^head/' for a new class count.")
-  print(f"Initialising from {source}: {sum(len(v) for v in loaded.values())} arrays"
-        f"{' (gate included)' if 'gates' in loaded else ''}", flush=True)
+  parallel.print_main(f"Initialising from {source}: {sum(len(v) for v in loaded.values())} "
+                      f"arrays{' (gate included)' if 'gates' in loaded else ''}")
   return loaded
 
 
@@ -314,12 +314,12 @@ def _train_locked(config, workdir, mesh, dataset, model, optimizers, abstract, r
       _write_json_atomic(os.path.join(workdir, "dataset.json"),
                          {"name": dataset.name, "class_names": list(dataset.class_names),
                           "image_shape": list(dataset.image_shape)})
-    print(_describe_run(config, dataset, total_steps, mesh), flush=True)
+    parallel.print_main(_describe_run(config, dataset, total_steps, mesh))
   else:
     changes = _config_changes(workdir, config)
-    print(f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}"
-          f"{'; config fields changed since the start: ' + ', '.join(changes) if changes else ''}",
-          flush=True)
+    parallel.print_main(
+        f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}"
+        f"{'; config fields changed since the start: ' + ', '.join(changes) if changes else ''}")
 
   train_fns, eval_fn = make_step_fns(model, optimizers, config, mesh)
   writer = MetricWriter(workdir)
@@ -347,8 +347,7 @@ def _train_locked(config, workdir, mesh, dataset, model, optimizers, abstract, r
           means = {k: float(np.mean([m[k] for _, m in pending if k in m]))
                    for k in pending[-1][1] if k != "gate_finite"}
           writer.write(done, f"train_{phase}" if phase != "joint" else "train", means)
-          if is_main:
-            print(progress.line(done, means, phase), flush=True)
+          parallel.print_main(progress.line(done, means, phase))
           pending = []
         if save_now and checkpointer.maybe_save(done, state, force=stop or done == total_steps):
           last_checkpoint = done
@@ -362,9 +361,8 @@ def _train_locked(config, workdir, mesh, dataset, model, optimizers, abstract, r
           summary = summarize_eval(evaluate(eval_fn, state, dataset, config, mesh),
                                    dataset.num_classes, _host_gate(state), config.seed)
           writer.write(done, "test", {k: v for k, v in summary.items() if isinstance(v, float)})
-          if is_main:
-            print(f"  eval at step {done}: accuracy {summary['accuracy']:.4f} "
-                  f"MIS {summary['mis']:.4f}", flush=True)
+          parallel.print_main(f"  eval at step {done}: accuracy {summary['accuracy']:.4f} "
+                              f"MIS {summary['mis']:.4f}")
   finally:
     checkpointer.close()
     writer.flush()

@@ -10,15 +10,19 @@ Several processes (hand-launched; TPU pods and SLURM jobs are found automaticall
 import os
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
-
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_REPO, "configs", "default.py"),
-    "Config file; override any field with --config.<field>=<value>.", lock_config=True)
+sys.path.insert(0, _REPO)  # runs from a checkout without `pip install -e .` too
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from csg_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# config_flags reads the --config.<field> overrides while the flag is defined: a bad override
+# must become one line, not a traceback.
+with cli.config_errors():
+  _CONFIG = cli.define_config_flag(os.path.join(_REPO, "configs", "default.py"))
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints, metrics and results go; a workdir holding checkpoints "
     "resumes. Default: workdirs/<dataset>_<model>_<method> under the current folder.")
@@ -32,13 +36,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # keep library INFO chatter out of the progress output
-  # Imported here so that `--help` and flag errors answer without loading JAX.
-  from csg_jax import cli  # pylint: disable=g-import-not-at-top
-  from csg_jax import parallel  # pylint: disable=g-import-not-at-top
-  from csg_jax import train  # pylint: disable=g-import-not-at-top
-  config = _CONFIG.value
-  workdir = _WORKDIR.value or cli.default_workdir(config)
+  with cli.config_errors():
+    config = cli.resolve_config(_CONFIG)
   with cli.user_errors():
+    # Imported here so that --help and flag errors answer without loading JAX.
+    from csg_jax import parallel  # pylint: disable=g-import-not-at-top
+    from csg_jax import train  # pylint: disable=g-import-not-at-top
+    workdir = _WORKDIR.value or cli.default_workdir(config)
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     cli.check_workdir(workdir)
     results = train.train_and_evaluate(config, workdir)
@@ -46,5 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, _REPO)  # run from a checkout without `pip install -e .` too
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
