@@ -141,7 +141,7 @@ def evaluate(eval_fn, state, dataset, config, mesh, split: str = "test") -> Dict
 
 def summarize_eval(result: Mapping[str, np.ndarray], num_classes: int, gate: Optional[np.ndarray],
                    seed: int) -> Dict[str, Any]:
-  """Accuracy, per-class accuracy, MIS and gate density from an `evaluate` result."""
+  """Accuracy, per-class accuracy, the MI matrix [C, K], MIS and gate density of an evaluation."""
   pred, labels = result["prediction"], result["label"]
   per_class = [float((pred[labels == c] == c).mean()) if (labels == c).any() else None
                for c in range(num_classes)]
@@ -149,6 +149,7 @@ def summarize_eval(result: Mapping[str, np.ndarray], num_classes: int, gate: Opt
   return {
       "accuracy": float((pred == labels).mean()),
       "per_class_accuracy": per_class,
+      "mi_matrix": mi,
       "mis": float(metrics_lib.mis(mi)),
       "gate_density": None if gate is None else float(gate_lib.l1_density(gate)),
       "num_examples": int(labels.size),

@@ -1,0 +1,132 @@
+"""After training: the evaluation report of one run and the STD-vs-CSG comparison.
+
+`evaluate_workdir(W)` restores W's newest checkpoint, runs the test split through the STD path,
+and writes W/eval/report.json (accuracy, MIS, density, per-class accuracy, filters per class),
+W/eval/mi_matrix.npy and three figures. `compare(std_report, csg_report)` renders the paper's
+Table 1 form.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+from csg_jax import metrics as metrics_lib
+from csg_jax import parallel
+from csg_jax import plots
+from csg_jax import train
+
+
+def mi_ceiling(labels: np.ndarray, num_classes: int) -> float:
+  """The largest MI any filter can have with a class indicator: max_c H(1[y = c]), in nats.
+
+  A property of the test labels alone, so STD and CSG runs on the same data share it as the top
+  of their colour and histogram scales.
+  """
+  p = np.bincount(labels, minlength=num_classes) / max(len(labels), 1)
+  p = p[(p > 0) & (p < 1)]
+  return float(np.max(-p * np.log(p) - (1 - p) * np.log(1 - p))) if p.size else 1.0
+
+
+def _per_class(values, class_names) -> Dict[str, Any]:
+  return {name: (None if v is None else (int(v) if isinstance(v, (np.integer, int)) else v))
+          for name, v in zip(class_names, values)}
+
+
+@dataclasses.dataclass
+class Evaluation:
+  report: Dict[str, Any]  # what report.json holds
+  mi_matrix: np.ndarray  # [C, K]
+  gate: Optional[np.ndarray]  # [C, K], None for STD
+  class_names: Sequence[str]
+
+
+def evaluate_workdir(workdir: str, *, split: str = "test") -> Evaluation:
+  """Evaluates a trained run and writes its report and figures under <workdir>/eval."""
+  run = train.load_run(workdir)
+  eval_fn = jax.jit(functools.partial(train.eval_step, model=run.model),
+                    in_shardings=(parallel.replicated(run.mesh), parallel.batch_sharding(run.mesh)),
+                    out_shardings=parallel.replicated(run.mesh))
+  result = train.evaluate(eval_fn, run.state, run.dataset, run.config, run.mesh, split)
+  gate = run.state.gate_matrix()
+  gate = None if gate is None else np.asarray(jax.device_get(gate))
+  summary = train.summarize_eval(result, run.dataset.num_classes, gate, run.config.seed)
+  mi = summary["mi_matrix"]
+  names = list(run.dataset.class_names)
+  num_classes = run.dataset.num_classes
+  ceiling = mi_ceiling(result["label"], num_classes)
+  by_mi = metrics_lib.filters_per_class(metrics_lib.assigned_class_from_mi(mi), num_classes)
+  by_gate = (None if gate is None else metrics_lib.filters_per_class(
+      metrics_lib.assigned_class_from_gate(gate), num_classes))
+
+  out_dir = os.path.join(workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  figures = {"mi_matrix": os.path.join(out_dir, "mi_matrix.png"),
+             "max_mi_histogram": os.path.join(out_dir, "max_mi_histogram.png")}
+  title = f"{run.config.method.upper()} {run.config.model.name} on {run.dataset.name}"
+  plots.matrix_figure(figures["mi_matrix"], mi, names, vmax=ceiling, colorbar_label="nats",
+                      title=f"{title}: MI(filter; class), MIS {summary['mis']:.3f}")
+  plots.max_mi_histogram(figures["max_mi_histogram"], {run.config.method.upper(): mi.max(0)},
+                         mi_ceiling=ceiling, title=title)
+  if gate is not None:
+    figures["gate"] = os.path.join(out_dir, "gate.png")
+    plots.matrix_figure(figures["gate"], gate, names, vmax=1.0, colorbar_label="gate value",
+                        title=f"{title}: gate G, L1 density {summary['gate_density']:.3f}",
+                        cmap="magma")
+  np.save(os.path.join(out_dir, "mi_matrix.npy"), mi)
+  report = {
+      "workdir": os.path.abspath(workdir),
+      "method": run.config.method, "dataset": run.dataset.name, "model": run.config.model.name,
+      "step": run.step, "split": split, "num_examples": summary["num_examples"],
+      "accuracy": summary["accuracy"], "mis": summary["mis"],
+      "gate_density": summary["gate_density"],
+      "per_class_accuracy": _per_class(summary["per_class_accuracy"], names),
+      "filters_per_class": {"by_gate": None if by_gate is None else _per_class(by_gate, names),
+                            "by_mi": _per_class(by_mi, names)},
+      "mi_ceiling": ceiling,
+      "figures": {k: os.path.relpath(v, workdir) for k, v in figures.items()},
+  }
+  if jax.process_index() == 0:
+    tmp = os.path.join(out_dir, "report.json.tmp")
+    with open(tmp, "w") as f:
+      json.dump(report, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, "report.json"))
+  return Evaluation(report, mi, gate, names)
+
+
+def _fmt(value: Optional[float], digits: int = 4) -> str:
+  return "–" if value is None else f"{value:.{digits}f}"
+
+
+def comparison_markdown(reports: Mapping[str, Mapping[str, Any]], figure: str) -> str:
+  """The paper's Table 1 form (accuracy, MIS, L1 density per training) plus the figure."""
+  any_report = next(iter(reports.values()))
+  lines = [f"# STD vs CSG: {any_report['model']} on {any_report['dataset']}", "",
+           "| training | accuracy | MIS | L1 density | step | workdir |",
+           "|---|---|---|---|---|---|"]
+  for name, r in reports.items():
+    lines.append(f"| {name.upper()} | {_fmt(r['accuracy'])} | {_fmt(r['mis'])} | "
+                 f"{_fmt(r['gate_density'])} | {r['step']} | `{r['workdir']}` |")
+  lines += ["", f"Test split, STD path, {any_report['num_examples']} examples. MIS: mean over "
+            "filters of the largest mutual information (nats) between a filter's pooled "
+            "activation and a class indicator; higher is more class-specific.", "",
+            f"![STD vs CSG]({figure})", ""]
+  return "\n".join(lines)
+
+
+def write_comparison(root: str, evaluations: Mapping[str, Evaluation]) -> str:
+  """<root>/compare.md and <root>/compare.png from per-run evaluations; returns the .md path."""
+  figure = os.path.join(root, "compare.png")
+  ceiling = max(e.report["mi_ceiling"] for e in evaluations.values())
+  plots.comparison_figure(
+      figure, {k.upper(): {"mi_matrix": e.mi_matrix, "gate": e.gate}
+               for k, e in evaluations.items()},
+      next(iter(evaluations.values())).class_names, mi_ceiling=ceiling)
+  path = os.path.join(root, "compare.md")
+  with open(path, "w") as f:
+    f.write(comparison_markdown({k: e.report for k, e in evaluations.items()}, "compare.png"))
+  return path
