@@ -7,7 +7,6 @@ Table 1 form.
 """
 
 import dataclasses
-import functools
 import json
 import os
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -16,7 +15,6 @@ import jax
 import numpy as np
 
 from csg_jax import metrics as metrics_lib
-from csg_jax import parallel
 from csg_jax import plots
 from csg_jax import train
 
@@ -48,9 +46,7 @@ class Evaluation:
 def evaluate_workdir(workdir: str, *, split: str = "test") -> Evaluation:
   """Evaluates a trained run and writes its report and figures under <workdir>/eval."""
   run = train.load_run(workdir)
-  eval_fn = jax.jit(functools.partial(train.eval_step, model=run.model),
-                    in_shardings=(parallel.replicated(run.mesh), parallel.batch_sharding(run.mesh)),
-                    out_shardings=parallel.replicated(run.mesh))
+  eval_fn = train.make_eval_fn(run.model, run.mesh)
   result = train.evaluate(eval_fn, run.state, run.dataset, run.config, run.mesh, split)
   gate = run.state.gate_matrix()
   gate = None if gate is None else np.asarray(jax.device_get(gate))

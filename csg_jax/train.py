@@ -121,9 +121,13 @@ def make_step_fns(model, optimizers, config, mesh) -> Tuple[Dict[str, Callable],
                            tx=optimizers[schedule.optimizer_of_phase(phase, config)])
     train_fns[phase] = jax.jit(fn, in_shardings=(repl, data), out_shardings=(repl, repl),
                                donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, model=model), in_shardings=(repl, data),
-                    out_shardings=repl)
-  return train_fns, eval_fn
+  return train_fns, make_eval_fn(model, mesh)
+
+
+def make_eval_fn(model, mesh) -> Callable:
+  return jax.jit(functools.partial(eval_step, model=model),
+                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+                 out_shardings=parallel.replicated(mesh))
 
 
 def evaluate(eval_fn, state, dataset, config, mesh, split: str = "test") -> Dict[str, Any]:
