@@ -71,14 +71,15 @@ def test_std_and_csg_logits_equal_with_open_gate(name):
   model = models.CSGClassifier(backbone, num_classes=7, num_filters=k)
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 1))
   labels = jnp.array([1, 6, 0])
-  variables = model.init(jax.random.PRNGKey(1), x, labels)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(1), x, labels)
   assert gate_lib.gate_values(variables["gates"]).shape == (7, k)
   variables = {**variables, "gates": jax.tree_util.tree_map(jnp.ones_like, variables["gates"])}
-  out = model.apply(variables, x, labels)
+  apply = jax.jit(model.apply)  # one compile instead of op-by-op dispatch of a ResNet
+  out = apply(variables, x, labels)
   np.testing.assert_allclose(out["logits"], out["logits_csg"], rtol=1e-6)
   # With a real gate the CSG path differs and equals the head applied to gated pooled features.
   g = jax.random.uniform(jax.random.PRNGKey(3), (7, k))
-  out = model.apply({**variables, "gates": {"gate": {"G": g}}}, x, labels)
+  out = apply({**variables, "gates": {"gate": {"G": g}}}, x, labels)
   head = variables["params"]["head"]
   manual = (out["features"] * g[labels]) @ head["kernel"] + head["bias"]
   np.testing.assert_allclose(out["logits_csg"], manual, rtol=1e-5, atol=1e-5)
