@@ -1,0 +1,107 @@
+"""Detection scores, the logistic-regression detector, ROC-AUC and the ROC figure."""
+
+import numpy as np
+import pytest
+
+from csg_jax import detection
+from csg_jax.errors import CSGError
+
+
+def test_auc_of_a_perfect_a_reversed_and_a_random_detector():
+  rng = np.random.default_rng(0)
+  clean, adv = rng.random(500), rng.random(500) + 1.0
+  assert detection.roc_auc(clean, adv) == 1.0
+  assert detection.roc_auc(adv, clean) == 0.0
+  random = detection.roc_auc(rng.random(20000), rng.random(20000))
+  assert random == pytest.approx(0.5, abs=0.02)
+
+
+def test_consistency_on_hand_made_features():
+  features = np.array([[1.0, 1.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 1.0]])
+  gate = np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.5]])
+  got = detection.consistency(features, np.array([0, 0, 1]), gate)
+  np.testing.assert_allclose(got, [3 / 4, 0.5, 3.5 / 4])  # no activation: neutral 0.5
+
+
+def test_class_profile_is_column_max_normalised():
+  features = np.array([[2.0, 0.0], [4.0, 1.0], [1.0, 3.0]])
+  profile = detection.class_profile(features, np.array([0, 0, 1]), 3)
+  np.testing.assert_allclose(profile, [[1.0, 0.5 / 3], [1 / 3, 1.0], [0.0, 0.0]])
+
+
+def test_logistic_detector_separates_shifted_features_and_not_identical_ones():
+  rng = np.random.default_rng(0)
+  clean = rng.normal(size=(600, 8))
+  shifted = rng.normal(size=(600, 8)) + np.array([3.0] + [0.0] * 7)
+  same = rng.normal(size=(600, 8))
+  det = detection.fit_logistic_detector(clean[:300], shifted[:300])
+  auc = detection.roc_auc(det.predict_proba(clean[300:])[:, 1],
+                          det.predict_proba(shifted[300:])[:, 1])
+  assert auc > 0.97
+  det = detection.fit_logistic_detector(clean[:300], same[:300])
+  auc = detection.roc_auc(det.predict_proba(clean[300:])[:, 1],
+                          det.predict_proba(same[300:])[:, 1])
+  assert auc == pytest.approx(0.5, abs=0.08)
+
+
+def test_split_indices_partition_the_images():
+  fit, held = detection.split_indices(101, 0.5, seed=3)
+  assert len(fit) == 50 and len(held) == 51  # round(50.5) = 50
+  assert sorted(np.concatenate([fit, held]).tolist()) == list(range(101))
+  np.testing.assert_array_equal(fit, detection.split_indices(101, 0.5, seed=3)[0])
+
+
+def _synthetic(n=400, k=12, c=3, seed=0):
+  """Clean features on the gate's filters of the true class; attacks move them off-class."""
+  rng = np.random.default_rng(seed)
+  labels = np.arange(n) % c
+  gate = np.zeros((c, k))
+  for j in range(k):
+    gate[j % c, j] = 1.0
+  clean = rng.random((n, k)) * 0.2 + gate[labels] * (1 + rng.random((n, k)))
+  wrong = (labels + 1) % c
+  adv = rng.random((n, k)) * 0.2 + 0.6 * gate[labels] + 0.6 * gate[wrong]
+  clean_d = {"features": clean, "prediction": labels.copy()}
+  adv_d = {"features": adv, "prediction": wrong}
+  adv_d["prediction"][:10] = labels[:10]  # 10 failed attacks, dropped by successful_only
+  return clean_d, adv_d, labels, gate
+
+
+def test_evaluate_detection_on_synthetic_features():
+  clean, adv, labels, gate = _synthetic()
+  out = detection.evaluate_detection(clean, adv, labels, 3, gate=gate)
+  assert set(out) == {"gate_consistency", "profile_consistency", "logistic_regression"}
+  fit, held = detection.split_indices(len(labels), 0.5, 0)
+  assert out["gate_consistency"]["num_clean"] == len(held)
+  assert out["gate_consistency"]["num_adversarial"] == len(held) - (held < 10).sum()
+  for name, v in out.items():
+    assert v["auc"] > 0.95, name
+    assert v["fpr"][0] == 0 and v["tpr"][-1] == 1
+  no_gate = detection.evaluate_detection(clean, adv, labels, 3, gate=None)
+  assert "gate_consistency" not in no_gate
+
+
+def test_evaluate_detection_without_successful_attacks_is_nan_not_a_crash():
+  clean, adv, labels, gate = _synthetic()
+  adv["prediction"] = labels.copy()  # every attack failed
+  out = detection.evaluate_detection(clean, adv, labels, 3, gate=gate)
+  assert np.isnan(out["logistic_regression"]["auc"]) and np.isnan(out["gate_consistency"]["auc"])
+
+
+def test_roc_figure_is_written(tmp_path):
+  clean, adv, labels, gate = _synthetic()
+  out = detection.evaluate_detection(clean, adv, labels, 3, gate=gate)
+  panels = {"PGD ε=8/255": {k: (v["fpr"], v["tpr"], v["auc"]) for k, v in out.items()},
+            "empty": {}}
+  path = tmp_path / "roc.png"
+  detection.roc_figure(panels, str(path), title="t")
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_errors():
+  cfg = detection.default_config()
+  cfg.fit_fraction = 1.0
+  with pytest.raises(CSGError, match="fit_fraction"):
+    detection.validate_config(cfg)
+  with pytest.raises(CSGError, match="both clean and attacked"):
+    detection.fit_logistic_detector(np.zeros((3, 2)), np.zeros((0, 2)))
