@@ -7,13 +7,13 @@ Table 1 form.
 """
 
 import dataclasses
-import json
 import os
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 
+from csg_jax import fileio
 from csg_jax import metrics as metrics_lib
 from csg_jax import plots
 from csg_jax import train
@@ -87,10 +87,7 @@ def evaluate_workdir(workdir: str, *, split: str = "test") -> Evaluation:
       "figures": {k: os.path.relpath(v, workdir) for k, v in figures.items()},
   }
   if jax.process_index() == 0:
-    tmp = os.path.join(out_dir, "report.json.tmp")
-    with open(tmp, "w") as f:
-      json.dump(report, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, "report.json"))
+    fileio.write_json_atomic(os.path.join(out_dir, "report.json"), report)
   return Evaluation(report, mi, gate, names)
 
 

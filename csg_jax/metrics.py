@@ -484,6 +484,17 @@ def _kth_of_two_sorted(a, b, k):
   return best
 
 
+def _bisect_once(preds, carry):
+  """One bisection step of every search: (lo, hi) narrows to the first index where pred holds."""
+  out = []
+  for pred, (lo, hi) in zip(preds, carry):
+    mid = (lo + hi) // 2
+    ok = pred(mid)
+    active = lo < hi
+    out.append((jnp.where(active & ~ok, mid + 1, lo), jnp.where(active & ok, mid, hi)))
+  return tuple(out)
+
+
 def _first_true(searches, iters: int):
   """Binary searches run in lockstep: for each (pred, lo, hi), the smallest i in [lo, hi]
   with pred(i), for pred monotone on [lo, hi) and taken as true at hi.
@@ -494,13 +505,7 @@ def _first_true(searches, iters: int):
   preds = [pred for pred, _, _ in searches]
 
   def body(_, carry):
-    out = []
-    for pred, (lo, hi) in zip(preds, carry):
-      mid = (lo + hi) // 2
-      ok = pred(mid)
-      active = lo < hi
-      out.append((jnp.where(active & ~ok, mid + 1, lo), jnp.where(active & ok, mid, hi)))
-    return tuple(out)
+    return _bisect_once(preds, carry)
 
   init = tuple((lo, hi) for _, lo, hi in searches)
   return [lo for lo, _ in jax.lax.fori_loop(0, iters, body, init)]
@@ -743,13 +748,7 @@ def _first_true_dynamic(searches):
   preds = [pred for pred, _, _ in searches]
 
   def body(carry):
-    out = []
-    for pred, (lo, hi) in zip(preds, carry):
-      mid = (lo + hi) // 2
-      ok = pred(mid)
-      active = lo < hi
-      out.append((jnp.where(active & ~ok, mid + 1, lo), jnp.where(active & ok, mid, hi)))
-    return tuple(out)
+    return _bisect_once(preds, carry)
 
   def cond(carry):
     return jnp.any(jnp.stack([jnp.any(lo < hi) for lo, hi in carry]))

@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
 import time
 
 import numpy as np
 from PIL import Image
 
+from csg_jax import fileio
 from csg_jax.errors import CSGError
 
 CLASS_NAMES = ("circle", "cross", "ring", "square", "star", "triangle")
@@ -89,11 +88,8 @@ def write_shapes_dataset(root: str, *, num_train: int, num_test: int, image_size
     raise CSGError(f"{root!r} exists and is not empty; choose an empty or new folder, or pass "
                    "overwrite=True (--overwrite)")
 
-  parent = os.path.dirname(os.path.abspath(root))
-  os.makedirs(parent, exist_ok=True)
   # Written into a sibling temporary folder and renamed: an interrupted run leaves no half data.
-  tmp = tempfile.mkdtemp(prefix=".shapes-tmp-", dir=parent)
-  try:
+  with fileio.replace_directory_atomically(root) as tmp:
     stats = {}
     for split, num in (("train", num_train), ("test", num_test)):
       images, labels, masks = render(num, image_size=image_size, seed=seed, split=split)
@@ -111,12 +107,6 @@ def write_shapes_dataset(root: str, *, num_train: int, num_test: int, image_size
     meta = {**settings, **stats}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
       json.dump(meta, f, indent=2)
-    if os.path.exists(root):
-      shutil.rmtree(root)
-    os.replace(tmp, root)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return meta
 
 

@@ -24,6 +24,7 @@ from flax import traverse_util
 
 from csg_jax import checkpoint as checkpoint_lib
 from csg_jax import data as data_lib
+from csg_jax import fileio
 from csg_jax import gate as gate_lib
 from csg_jax import losses
 from csg_jax import metrics as metrics_lib
@@ -191,14 +192,6 @@ def _check_finite(pending, last_checkpoint: Optional[int]) -> None:
                      "(--config.optimizer.grad_clip_norm).")
 
 
-def _write_json_atomic(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
 def _init_from(path: str, skip_pattern: str, template: TrainState) -> Dict[str, Any]:
   """Weights of another run for fine-tuning: params, batch stats and (if shapes match) gates.
 
@@ -315,8 +308,8 @@ def _train_locked(config, workdir, mesh, dataset, model, optimizers, abstract, r
     if pretrained:
       state = jax.device_put(_apply_init_from(state, pretrained, optimizers), repl)
     if is_main:
-      _write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
-      _write_json_atomic(os.path.join(workdir, "dataset.json"),
+      fileio.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+      fileio.write_json_atomic(os.path.join(workdir, "dataset.json"),
                          {"name": dataset.name, "class_names": list(dataset.class_names),
                           "image_shape": list(dataset.image_shape)})
     parallel.print_main(_describe_run(config, dataset, total_steps, mesh))
@@ -380,7 +373,7 @@ def _train_locked(config, workdir, mesh, dataset, model, optimizers, abstract, r
              "step": int(jax.device_get(state.step)), "accuracy": summary["accuracy"],
              "mis": summary["mis"], "gate_density": summary["gate_density"]}
   if is_main:
-    _write_json_atomic(os.path.join(workdir, "results.json"), results)
+    fileio.write_json_atomic(os.path.join(workdir, "results.json"), results)
   return results
 
 

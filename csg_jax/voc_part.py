@@ -28,8 +28,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
@@ -37,6 +35,7 @@ import numpy as np
 from PIL import Image
 from scipy import io as scipy_io
 
+from csg_jax import fileio
 from csg_jax.errors import CSGError
 
 ANIMALS = ("bird", "cat", "cow", "dog", "horse", "sheep")
@@ -181,13 +180,11 @@ def build_voc_part(voc_root: str, annotations_dir: str, out_root: str, *, size: 
   ids = _image_ids(voc_root, mat_files)
   splits = split_images(ids, seed)
   split_of = {i: s for s, members in splits.items() for i in members}
-  parent = os.path.dirname(os.path.abspath(out_root))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".voc-part-tmp-", dir=parent)
   start = last = time.perf_counter()
   records = {"train": [], "test": []}  # (class, file name, object mask, part masks [P, S, S])
   skipped_split = 0
-  try:
+  # Written into a sibling temporary folder and renamed: an interrupted run leaves no half data.
+  with fileio.replace_directory_atomically(out_root) as tmp:
     for split in records:
       for name in ANIMALS:
         os.makedirs(os.path.join(tmp, split, name))
@@ -252,12 +249,6 @@ def build_voc_part(voc_root: str, annotations_dir: str, out_root: str, *, size: 
             "annotations_dir": os.path.abspath(annotations_dir)}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
       json.dump(meta, f, indent=2)
-    if os.path.exists(out_root):
-      shutil.rmtree(out_root)
-    os.replace(tmp, out_root)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   total = {s: sum(v.values()) for s, v in counts.items()}
   log(f"[voc_part] {total['train']} train / {total['test']} test crops of {size}x{size} in "
       f"{out_root} ({time.perf_counter() - start:.0f} s)")
