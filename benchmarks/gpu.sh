@@ -6,6 +6,7 @@
 # Here, once (needs PyPI and ../shared/data):
 #   bash benchmarks/gpu.sh prepare       # wheels the GPU image lacks + CIFAR-10 into .whl/
 #   bash benchmarks/gpu.sh smoke         # optional: every stage at toy size, on any machine
+#                                        # (with a python3 that has csg_jax's dependencies)
 # On the GPU machine (the device tool), from the repository root:
 #   run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=600)
 # Logs and summary.json go to $OUT (the tool's return folder), else /tmp/csg_bench_out.

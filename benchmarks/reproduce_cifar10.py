@@ -103,8 +103,11 @@ def train_runs(todo, args, deadline) -> dict:
   if args.jobs > 1:
     # Several JAX processes on one GPU: each takes a share of its memory, not the default 75 %.
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / args.jobs:.2f}")
-  pending, running, codes = list(todo), {}, {}
+  pending, running, codes, stopping = list(todo), {}, {}, set()
   while pending or running:
+    if pending and deadline and time.time() > deadline:
+      log(f"deadline reached: not starting {', '.join(m for m, _, _ in pending)}")
+      pending = []
     while pending and len(running) < args.jobs:
       method, cmd, workdir = pending.pop(0)
       os.makedirs(workdir, exist_ok=True)
@@ -117,12 +120,11 @@ def train_runs(todo, args, deadline) -> dict:
       running[method] = (proc, pump, log_file, time.time())
     time.sleep(1.0)
     for method, (proc, pump, log_file, start) in list(running.items()):
-      if deadline and time.time() > deadline and proc.poll() is None and not getattr(
-          proc, "stopping", False):
+      if deadline and time.time() > deadline and proc.poll() is None and method not in stopping:
         # launch/train.py checkpoints and exits on SIGTERM; the checkpoint is evaluated below.
         log(f"[{method}] deadline reached: stopping the run (SIGTERM)")
         proc.send_signal(signal.SIGTERM)
-        proc.stopping = True
+        stopping.add(method)
       if proc.poll() is not None:
         pump.join()
         log_file.close()
@@ -171,8 +173,9 @@ def checks(results: dict, schedule: str) -> list:
   out = []
   if csg and std:
     gap = 100 * (csg["accuracy"] - std["accuracy"])
-    out.append(("CSG accuracy within 1 point of STD (or above)", gap >= -1.0,
-                f"CSG - STD = {gap:+.2f} points"))
+    out.append(("CSG accuracy within 1 point of STD", abs(gap) <= 1.0,
+                f"CSG - STD = {gap:+.2f} points"
+                + (" (CSG ahead: the gate costs no accuracy)" if gap > 1.0 else "")))
     out.append(("CSG MIS above STD MIS", csg["mis"] > std["mis"],
                 f"CSG - STD = {csg['mis'] - std['mis']:+.4f}"))
   if csg and schedule == "full":
