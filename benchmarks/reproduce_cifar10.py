@@ -137,17 +137,12 @@ def train_runs(todo, args, deadline) -> dict:
 
 def evaluate_checkpoint(workdir: str) -> dict:
   """Test-split accuracy, MIS and density of the newest checkpoint of an unfinished run."""
-  import functools  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from csg_jax import train  # pylint: disable=g-import-not-at-top
 
   run = train.load_run(workdir)
-  eval_fn = jax.jit(functools.partial(train.eval_step, model=run.model))
+  eval_fn = train.make_eval_fn(run.model, run.mesh)
   result = train.evaluate(eval_fn, run.state, run.dataset, run.config, run.mesh)
-  gate = run.state.gate_matrix()
-  summary = train.summarize_eval(result, run.dataset.num_classes,
-                                 None if gate is None else np.asarray(jax.device_get(gate)),
+  summary = train.summarize_eval(result, run.dataset.num_classes, run.state.host_gate(),
                                  run.config.seed)
   return {"method": run.config.method, "step": int(run.step), "accuracy": summary["accuracy"],
           "mis": summary["mis"], "gate_density": summary["gate_density"]}

@@ -53,6 +53,11 @@ class TrainState:
   def gate_matrix(self) -> Optional[jnp.ndarray]:
     return gate_lib.gate_values(self.gates)
 
+  def host_gate(self) -> Optional[np.ndarray]:
+    """G as a numpy array on the host, or None for a model without a gate."""
+    gate = self.gate_matrix()
+    return None if gate is None else np.asarray(jax.device_get(gate))
+
 
 def create_train_state(model: models.CSGClassifier,
                        optimizers: Mapping[str, optax.GradientTransformation],
@@ -357,7 +362,7 @@ def _train_locked(config, workdir, mesh, dataset, model, optimizers, abstract, r
         if (config.eval_every_steps > 0 and done % config.eval_every_steps == 0
             and done < total_steps):
           summary = summarize_eval(evaluate(eval_fn, state, dataset, config, mesh),
-                                   dataset.num_classes, _host_gate(state), config.seed)
+                                   dataset.num_classes, state.host_gate(), config.seed)
           writer.write(done, "test", {k: v for k, v in summary.items() if isinstance(v, float)})
           parallel.print_main(f"  eval at step {done}: accuracy {summary['accuracy']:.4f} "
                               f"MIS {summary['mis']:.4f}")
@@ -366,7 +371,7 @@ def _train_locked(config, workdir, mesh, dataset, model, optimizers, abstract, r
     writer.flush()
 
   summary = summarize_eval(evaluate(eval_fn, state, dataset, config, mesh), dataset.num_classes,
-                           _host_gate(state), config.seed)
+                           state.host_gate(), config.seed)
   writer.write(total_steps, "test", {k: v for k, v in summary.items() if isinstance(v, float)})
   writer.close()
   results = {"method": config.method, "dataset": dataset.name, "model": config.model.name,
@@ -377,9 +382,6 @@ def _train_locked(config, workdir, mesh, dataset, model, optimizers, abstract, r
   return results
 
 
-def _host_gate(state: TrainState) -> Optional[np.ndarray]:
-  gate = state.gate_matrix()
-  return None if gate is None else np.asarray(jax.device_get(gate))
 
 
 

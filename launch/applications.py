@@ -89,8 +89,7 @@ def evaluate_run(workdir: str, cfg, *, devices=None):
   run = train.load_run(workdir, devices=devices)
   config, dataset, model = run.config, run.dataset, run.model
   variables = run.state.variables()
-  gate = run.state.gate_matrix()
-  gate = None if gate is None else np.asarray(jax.device_get(gate))
+  gate = run.state.host_gate()
   num_devices = run.mesh.devices.size
   names = list(dataset.class_names)
   out_dir = os.path.join(workdir, "eval")
