@@ -79,7 +79,9 @@ def run_overrides(method: str, args) -> dict:
 
 def workdir_of(method: str, overrides: dict, args) -> str:
   # The name carries a digest of the overrides, so a changed setting never reuses a stale run.
-  digest = hashlib.sha1(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
+  # Values enter as the command line spells them: --set lr=0.3 and a schedule's 0.3 are one run.
+  spelled = {k: str(v) for k, v in overrides.items()}
+  digest = hashlib.sha1(json.dumps(spelled, sort_keys=True).encode()).hexdigest()[:8]
   epochs = f"{float(overrides['num_epochs']):g}"
   return os.path.join(args.workdir, f"{method}_e{epochs}_s{args.seed}_{digest}")
 
