@@ -31,6 +31,13 @@ def _bn(channels: int, zero_init: bool = False) -> nn.BatchNorm2d:
   return bn
 
 
+def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
+  """A 1x1 conv + BN projection where the block changes shape; the identity otherwise."""
+  if stride != 1 or cin != cout:
+    return nn.Sequential(_conv(cin, cout, 1, stride), _bn(cout))
+  return nn.Identity()
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convs; a 1x1 conv + BN shortcut when the shape changes."""
 
@@ -38,8 +45,7 @@ class BasicBlock(nn.Module):
     super().__init__()
     self.conv1, self.bn1 = _conv(cin, cout, 3, stride), _bn(cout)
     self.conv2, self.bn2 = _conv(cout, cout, 3), _bn(cout, zero_init=True)
-    self.shortcut = (nn.Sequential(_conv(cin, cout, 1, stride), _bn(cout))
-                     if stride != 1 or cin != cout else nn.Identity())
+    self.shortcut = _shortcut(cin, cout, stride)
 
   def forward(self, x):
     y = F.relu(self.bn1(self.conv1(x)))
@@ -56,8 +62,7 @@ class Bottleneck(nn.Module):
     self.conv1, self.bn1 = _conv(cin, width, 1), _bn(width)
     self.conv2, self.bn2 = _conv(width, width, 3, stride), _bn(width)
     self.conv3, self.bn3 = _conv(width, cout, 1), _bn(cout, zero_init=True)
-    self.shortcut = (nn.Sequential(_conv(cin, cout, 1, stride), _bn(cout))
-                     if stride != 1 or cin != cout else nn.Identity())
+    self.shortcut = _shortcut(cin, cout, stride)
 
   def forward(self, x):
     y = F.relu(self.bn1(self.conv1(x)))
