@@ -21,7 +21,7 @@ stage() { echo "=== $1 ($(( $(date +%s) - t0 )) s elapsed)"; }
 quiet() { grep --line-buffered -v "option is deprecated" || true; }
 
 stage "1/4 shapes data set -> $DATA"
-$PYTHON -m csg_jax.shapes --root "$DATA" --num_train 4000 --num_test 1000 --seed 0
+$PYTHON launch/build_shapes.py --root "$DATA" --num_train 4000 --num_test 1000 --seed 0
 t1=$(date +%s)
 
 stage "2/4 STD training"

@@ -1,4 +1,4 @@
-"""Speed and parity of `csg_jax.metrics.mutual_information_matrix` against sklearn.
+"""Speed and parity of `csg_jax.evaluation.mis.mutual_information_matrix` against sklearn.
 
 Times sklearn (a loop of `mutual_info_classif` over classes, as docs/csg-method.md §5.1 defines
 the metric) and csg_jax (after one warm-up call that compiles) on the same realistic features,
@@ -17,7 +17,8 @@ import jax
 import numpy as np
 from sklearn.feature_selection import mutual_info_classif
 
-from csg_jax import metrics
+from csg_jax.evaluation import mis as metrics
+from csg_jax.log import log
 
 
 def make_features(n: int, k: int, c: int, seed: int):
@@ -57,9 +58,6 @@ def main(argv=None) -> int:
   parser.add_argument("--sklearn-filters", type=int, default=64,
                       help="with --skip-sklearn: filters sklearn is timed on")
   args = parser.parse_args(argv)
-
-  def log(msg):
-    print(msg, flush=True)
 
   log(f"jax {jax.__version__} backend={jax.default_backend()} devices={jax.devices()}")
   log(f"building features n={args.n} k={args.k} c={args.c} seed={args.seed}")

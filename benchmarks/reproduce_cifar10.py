@@ -26,6 +26,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # runs from a checkout without `pip install -e .` too
 
+from csg_jax.log import log  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 # Paper Table 1 (CIFAR-10, ResNet-20): accuracy, MIS, L1 density.
 PAPER = {"csg": (0.9192, 0.1603, 0.0788), "std": (0.9169, 0.1119, None)}
 
@@ -49,16 +51,12 @@ SCHEDULES = {
 # stayed as entangled as STD's (benchmarks/RESULTS.md). Its density is >= 1/C = 0.1 by design.
 CSG_OVERRIDES = {
     "csg.schedule": "joint",
-    "csg.csg_weight": 1.0,  # lambda1
-    "csg.sparsity_weight": 0.1,  # lambda2
-    "csg.target_density": 0.1,  # budget 0.1 * C * K: one class per filter
-    "csg.projection": "max_normalize",  # released: column max -> 1, then clip to [0, 1]
-    "csg.gate_learning_rate": 1.0,
+    "csg.gated_loss_weight": 1.0,  # lambda1
+    "csg.gate.sparsity_weight": 0.1,  # lambda2
+    "csg.gate.target_density": 0.1,  # budget 0.1 * C * K: one class per filter
+    "csg.gate.projection": "max_normalize",  # released: column max -> 1, then clip to [0, 1]
+    "csg.gate.learning_rate": 1.0,
 }
-
-
-def log(msg: str) -> None:
-  print(msg, flush=True)
 
 
 def run_overrides(method: str, args) -> dict:
@@ -139,12 +137,13 @@ def train_runs(todo, args, deadline) -> dict:
 
 def evaluate_checkpoint(workdir: str) -> dict:
   """Test-split accuracy, MIS and density of the newest checkpoint of an unfinished run."""
-  from csg_jax import train  # pylint: disable=g-import-not-at-top
+  from csg_jax import training  # pylint: disable=g-import-not-at-top
+  from csg_jax.evaluation import predict  # pylint: disable=g-import-not-at-top
 
-  run = train.load_run(workdir)
-  eval_fn = train.make_eval_fn(run.model, run.mesh)
-  result = train.evaluate(eval_fn, run.state, run.dataset, run.config, run.mesh)
-  summary = train.summarize_eval(result, run.dataset.num_classes, run.state.host_gate(),
+  run = training.load_run(workdir)
+  eval_fn = predict.make_eval_fn(run.model, run.mesh)
+  result = predict.evaluate(eval_fn, run.state, run.dataset, run.config, run.mesh)
+  summary = predict.summarize_eval(result, run.dataset.num_classes, run.state.host_gate(),
                                  run.config.seed)
   return {"method": run.config.method, "step": int(run.step), "accuracy": summary["accuracy"],
           "mis": summary["mis"], "gate_density": summary["gate_density"]}
@@ -199,14 +198,15 @@ def main(argv=None) -> int:
                       help="runs trained at once (2 on a GPU: small steps leave it idle)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="extra config override, e.g. --set csg.sparsity_weight=0.05 "
+                      help="extra config override, e.g. --set csg.gate.sparsity_weight=0.05 "
                       "(csg.* fields reach the CSG run only)")
   parser.add_argument("--deadline-s", type=float, default=0,
                       help="stop training after this many seconds and evaluate the newest "
                       "checkpoints instead (0: no limit); reported as partial")
   args = parser.parse_args(argv)
   start = time.time()
-  from csg_jax import schedule  # pylint: disable=g-import-not-at-top  (after argparse: fast --help)
+  from configs import cifar10_resnet20  # pylint: disable=g-import-not-at-top
+  from csg_jax.plan import Plan  # pylint: disable=g-import-not-at-top
   args.workdir = os.path.join(REPO, args.workdir)
   methods = [m.strip() for m in args.methods.split(",") if m.strip()]
   if not methods or any(m not in PAPER for m in methods):
@@ -232,8 +232,10 @@ def main(argv=None) -> int:
   for method in methods:
     overrides = run_overrides(method, args)
     workdir = workdirs[method] = workdir_of(method, overrides, args)
-    total_steps[method] = schedule.total_steps(float(overrides["num_epochs"]), 50_000,
-                                               int(overrides.get("batch_size", 128)))
+    config = cifar10_resnet20.get_config()
+    config.update(method=method, num_epochs=float(overrides["num_epochs"]),
+                  batch_size=int(overrides.get("batch_size", config.batch_size)))
+    total_steps[method] = Plan.from_config(config, 50_000).total_steps
     done = os.path.join(workdir, "results.json")
     if os.path.exists(done):
       with open(done) as f:

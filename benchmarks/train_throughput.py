@@ -1,6 +1,6 @@
 r"""Training throughput of csg_jax (STD and CSG steps) against a PyTorch re-statement.
 
-For each model: csg_jax's jit-compiled train step (`train.make_step_fns`) for STD and CSG (the
+For each model: csg_jax's jit-compiled train step (`csg_jax.training.loop.make_train_steps`) for STD and CSG (the
 joint loss), and the PyTorch re-statement of the released step (benchmarks/torch_reference.py:
 the gate applied by a per-sample Python loop), same architecture, batch and input size, in this
 one process. Steps are timed after compilation/warm-up, one step per variant per round with the
@@ -35,6 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from csg_jax.log import log  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 # name -> (image side, batch size, classes, default rounds).
 MODELS = {
     "resnet20": (32, 128, 10, 12),
@@ -42,18 +44,16 @@ MODELS = {
 }
 
 
-def log(msg: str) -> None:
-  print(msg, flush=True)
-
-
 def jax_variants(name: str, size: int, batch: int, classes: int, seed: int):
   """{"jax_std": step(), "jax_csg": step()}, the parameter count, XLA's cost analyses.
 
-  The steps are those `train.make_step_fns` returns, compiled ahead for these shapes.
+  The steps are those `csg_jax.training.loop.make_train_steps` returns, compiled ahead for these shapes.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from configs import cifar10_resnet20  # pylint: disable=g-import-not-at-top
-  from csg_jax import models, optimizer, parallel, train  # pylint: disable=g-import-not-at-top
+  from csg_jax import models, optimizer  # pylint: disable=g-import-not-at-top
+  from csg_jax.plan import Plan  # pylint: disable=g-import-not-at-top
+  from csg_jax.training import loop, parallel, run, state as state_lib  # pylint: disable=g-import-not-at-top
 
   mesh = parallel.make_mesh()
   rng = np.random.default_rng(seed)
@@ -66,13 +66,14 @@ def jax_variants(name: str, size: int, batch: int, classes: int, seed: int):
     config.method = method
     config.model.name = name
     model = models.build_model(config.model, classes, use_gate=method == "csg",
-                               gate_init=config.csg.gate_init)
-    optimizers = optimizer.make_optimizers(config, {"main": 10_000})
-    state = jax.jit(lambda r, m=model, o=optimizers: train.create_train_state(
+                               gate_init=config.csg.gate.init)
+    plan = Plan.from_config(config, 50_000)
+    optimizers = optimizer.make_optimizers(config, plan)
+    state = jax.jit(lambda r, m=model, o=optimizers: state_lib.create_train_state(
         m, o, (size, size, 3), r), out_shardings=parallel.replicated(mesh))(
             jax.random.PRNGKey(seed))
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-    train_fns, _ = train.make_step_fns(model, optimizers, config, mesh)
+    train_fns = loop.make_train_steps(run.RunSetup(config, mesh, None, model, plan, optimizers))
     t0 = time.perf_counter()
     fn = train_fns["std" if method == "std" else "joint"].lower(state, data).compile()
     cost = fn.cost_analysis()

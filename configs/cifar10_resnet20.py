@@ -4,7 +4,7 @@ CIFAR-10 comes from TFDS by default. To train on a local copy in class folders o
   --config.data.source=folder --config.data.path=/path/to/cifar10-jpeg.tar.gz
 """
 
-from csg_jax.config_base import base_config
+from csg_jax.config import base_config
 
 
 def get_config():
@@ -20,9 +20,9 @@ def get_config():
   # The released projection: every filter stays fully open for its best class. With "clip" and a
   # budget below 1/C (the paper's density is 0.079), most filters closed for every class and
   # MIS fell below STD's (benchmarks/RESULTS.md).
-  config.csg.projection = "max_normalize"
-  config.csg.csg_weight = 1.0  # lambda1
-  config.csg.sparsity_weight = 0.1  # lambda2: the gate reaches its budget within the first epoch
-  config.csg.target_density = 0.1  # d = 1/C: one class per filter
-  config.csg.gate_learning_rate = 1.0  # fast gate: the filter-class split settles early
+  config.csg.gate.projection = "max_normalize"
+  config.csg.gated_loss_weight = 1.0  # lambda1
+  config.csg.gate.sparsity_weight = 0.1  # lambda2: the gate reaches its budget within the first epoch
+  config.csg.gate.target_density = 0.1  # d = 1/C: one class per filter
+  config.csg.gate.learning_rate = 1.0  # fast gate: the filter-class split settles early
   return config

@@ -4,7 +4,7 @@ No download and no argument needed: `python launch/train.py`. About a minute on 
 The STD baseline is the same command with --config.method=std.
 """
 
-from csg_jax.config_base import base_config
+from csg_jax.config import base_config
 
 
 def get_config():
@@ -15,8 +15,8 @@ def get_config():
   config.checkpoint_every_steps = 250  # checkpoints at 250, 500, ... and at the end
   config.model.name = "resnet8"  # CIFAR-style ResNet with one block per stage, K = 64 filters
   config.optimizer.learning_rate = 0.1  # SGD, momentum 0.9, cosine decay
-  config.csg.csg_weight = 1.0  # lambda1
-  config.csg.sparsity_weight = 0.1  # lambda2: pushes the gate to its budget within ~100 steps
-  config.csg.target_density = 0.1  # d = 1/C: with max_normalize, one class per filter
-  config.csg.gate_learning_rate = 3.0  # fast gate: the filter-class split settles early
+  config.csg.gated_loss_weight = 1.0  # lambda1
+  config.csg.gate.sparsity_weight = 0.1  # lambda2: pushes the gate to its budget within ~100 steps
+  config.csg.gate.target_density = 0.1  # d = 1/C: with max_normalize, one class per filter
+  config.csg.gate.learning_rate = 3.0  # fast gate: the filter-class split settles early
   return config

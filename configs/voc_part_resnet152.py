@@ -5,7 +5,7 @@ read as an image folder (train/<class>/*.jpg, test/<class>/*.jpg): pass --config
 ImageNet-pretrained weights are not bundled: start from converted weights with your own workflow.
 """
 
-from csg_jax.config_base import base_config
+from csg_jax.config import base_config
 
 
 def get_config():
@@ -27,15 +27,15 @@ def get_config():
   config.optimizer.milestones = (0.4, 0.6, 0.8)  # fractions of each optimiser's own steps
   config.optimizer.freeze = r"^backbone/(stem_|stage1_|stage2_)"  # STD epochs: stage3, stage4, head
   config.csg.schedule = "alternate"  # the released epoch rule
-  config.csg.warmup_epochs = 10  # STD-only epochs first
-  config.csg.period = 3  # CSG epoch iff epoch % 3 >= 2
-  config.csg.min_phase = 2  # see period
-  config.csg.csg_optimizer = "adam"  # optimiser B, CSG epochs
-  config.csg.csg_learning_rate = 1e-3  # optimiser B learning rate (top layers)
-  config.csg.csg_freeze = r"^backbone/stage3_"  # CSG epochs also freeze stage3: stage4, head, G
-  config.csg.gate_optimizer = "adam"  # G is in optimiser B as released
-  config.csg.gate_learning_rate = 1e-3  # same learning rate as optimiser B
-  config.csg.sparsity_weight = 1e-3  # hinge weight in CSG epochs
-  config.csg.target_density = 0.2  # L1 budget 0.2 * C * K
-  config.csg.projection = "max_normalize"  # column max -> 1 after every CSG step
+  config.csg.alternate.warmup_epochs = 10  # STD-only epochs first
+  config.csg.alternate.period = 3  # CSG epoch iff epoch % 3 >= 2
+  config.csg.alternate.min_phase = 2  # see period
+  config.csg.alternate.optimizer = "adam"  # optimiser B, CSG epochs
+  config.csg.alternate.learning_rate = 1e-3  # optimiser B learning rate (top layers)
+  config.csg.alternate.freeze = r"^backbone/stage3_"  # CSG epochs also freeze stage3: stage4, head, G
+  config.csg.gate.optimizer = "adam"  # G is in optimiser B as released
+  config.csg.gate.learning_rate = 1e-3  # same learning rate as optimiser B
+  config.csg.gate.sparsity_weight = 1e-3  # hinge weight in CSG epochs
+  config.csg.gate.target_density = 0.2  # L1 budget 0.2 * C * K
+  config.csg.gate.projection = "max_normalize"  # column max -> 1 after every CSG step
   return config

@@ -8,13 +8,26 @@ import tempfile
 from typing import Any, Iterator
 
 
+@contextlib.contextmanager
+def atomic_file(path: str, suffix: str = "") -> Iterator[str]:
+  """Yields a temporary sibling path to write; on success it is renamed over `path`, on error
+  it is removed. `suffix` keeps an extension some writers insist on (numpy's .npy)."""
+  tmp = f"{path}.tmp-{os.getpid()}{suffix}"
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
   """Writes JSON to a temporary sibling, then renames it over `path`."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-    f.write("\n")
-  os.replace(tmp, path)
+  with atomic_file(path) as tmp:
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=2)
+      f.write("\n")
 
 
 @contextlib.contextmanager

@@ -1,18 +1,19 @@
-"""The training objectives: STD, CSG "joint" (paper) and the two phases of CSG "alternate".
+"""The training objectives of each phase (see plan.PHASES).
 
   std   : CE(y, logits_std)
-  joint : CE(y, logits_std) + csg_weight * CE(y, logits_csg) + sparsity_weight * hinge(G)
-  csg   : CE(y, logits_csg) + sparsity_weight * hinge(G)   (CSG epochs of the released procedure)
+  joint : CE(y, logits_std) + gated_loss_weight * CE(y, logits_csg)   (the paper's loss)
+  csg   : CE(y, logits_csg)                                (CSG epochs of the released procedure)
+
+The sparsity term lambda2 * max(0, ||G||_1 - d*C*K) is not here: it is part of the gate's own
+optax update (optimizer.add_sparsity_gradient), so G reaches the loss only through logits_csg.
 """
 
-from typing import Mapping, Optional, Tuple
+from typing import Mapping, Tuple
 
 import jax.numpy as jnp
 import optax
 
-from csg_jax import gate as gate_lib
-
-PHASES = ("std", "joint", "csg")
+from csg_jax.plan import PHASES
 
 
 def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
@@ -23,9 +24,8 @@ def accuracy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
   return (logits.argmax(-1) == labels).mean()
 
 
-def objective(outputs: Mapping[str, jnp.ndarray], labels: jnp.ndarray,
-              gates: Optional[jnp.ndarray], phase: str, csg_config
-              ) -> Tuple[jnp.ndarray, dict]:
+def objective(outputs: Mapping[str, jnp.ndarray], labels: jnp.ndarray, phase: str, *,
+              gated_loss_weight: float = 1.0) -> Tuple[jnp.ndarray, dict]:
   """Returns (loss, metrics) for one batch of model outputs in the given phase."""
   if phase not in PHASES:
     raise ValueError(f"unknown phase {phase!r}; expected one of {PHASES}")
@@ -36,13 +36,6 @@ def objective(outputs: Mapping[str, jnp.ndarray], labels: jnp.ndarray,
     return ce_std, metrics
 
   ce_csg = cross_entropy(outputs["logits_csg"], labels)
-  hinge = gate_lib.sparsity_hinge(gates, csg_config.target_density)
-  sparsity = csg_config.sparsity_weight * hinge
-  if phase == "joint":
-    loss = ce_std + csg_config.csg_weight * ce_csg + sparsity
-  else:
-    loss = ce_csg + sparsity
-  metrics.update(loss=loss, ce_csg=ce_csg, hinge=hinge,
-                 accuracy_csg=accuracy(outputs["logits_csg"], labels),
-                 gate_density=gate_lib.l1_density(gates))
+  loss = ce_std + gated_loss_weight * ce_csg if phase == "joint" else ce_csg
+  metrics.update(loss=loss, ce_csg=ce_csg, accuracy_csg=accuracy(outputs["logits_csg"], labels))
   return loss, metrics

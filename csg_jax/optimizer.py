@@ -1,26 +1,57 @@
 """One optax partition over {"params", "gates"}: the trunk's update, the gate's own projected update.
 
 Every trainable leaf is labelled "trunk", "frozen" (by name pattern, for fine-tuning) or "gates".
-The gate transform has its own optimiser and learning rate and ends with the projection, so the
-gate never leaves its feasible set. Batch statistics are not in the tree the optimiser sees.
+The gate's chain is the design's sparsity-regularised, projected update:
 
-The "alternate" procedure has two optimisers (one for STD epochs, one for CSG epochs), each with
-its own state and schedule that advances only in its own epochs; `make_optimizers` returns one
-partition per phase.
+  g  <- dCE/dG + sparsity_weight * d/dG max(0, ||G||_1 - d*C*K)   (add_sparsity_gradient)
+  u  <- gate optimiser (SGD or Adam, own learning rate) of g
+  u  <- project(G + u) - G                                         (project_gates_transform)
+
+so the losses never see the hinge and G never leaves its feasible set. Batch statistics are not
+in the tree the optimiser sees. One partition is built per optimiser of the run's `Plan` ("main",
+or "std" and "csg" for the alternate schedule).
 """
 
+import functools
 import re
 from typing import Dict, Optional
 
 import jax
 import optax
-from flax import traverse_util
 
 from csg_jax import gate as gate_lib
 from csg_jax.errors import CSGError
+from csg_jax.plan import Plan
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "multistep", "constant")
+
+
+def _needs_params(params, name: str) -> None:
+  if params is None:
+    raise ValueError(f"{name} needs the current gate values: call update(grads, state, params)")
+
+
+def add_sparsity_gradient(weight: float, target_density: float) -> optax.GradientTransformation:
+  """Adds the gradient of weight * max(0, ||G||_1 - d*C*K) at the current G to G's gradient.
+
+  That is weight * sign(G) while G is over its L1 budget and zero within it. It is JAX's
+  gradient of the term, exactly what the loss-side hinge of earlier versions gave, kinks
+  included: at an entry G = 0, JAX's d|x|/dx is +1 where PyTorch's (the released code's
+  `torch.norm(mask, p=1)`, VOCPart/train/resnet_std.py lines 124-127) is 0. After the projection
+  the difference only shows through momentum; docs/csg-method.md gives its measured effect.
+  """
+  sparsity_grad = jax.grad(lambda g: weight * gate_lib.sparsity_hinge(g, target_density))
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    _needs_params(params, "the sparsity gradient")
+    return jax.tree_util.tree_map(lambda u, g: u + sparsity_grad(g), updates, params), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def project_gates_transform(mode: str) -> optax.GradientTransformation:
@@ -31,8 +62,7 @@ def project_gates_transform(mode: str) -> optax.GradientTransformation:
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("the gate projection needs the current gate values (params)")
+    _needs_params(params, "the gate projection")
     projected = jax.tree_util.tree_map(
         lambda g, u: gate_lib.project_gates(g + u, mode) - g, params, updates)
     return projected, state
@@ -80,9 +110,12 @@ def trunk_transform(name: str, schedule: optax.Schedule, opt_config) -> optax.Gr
   return optax.chain(*parts)
 
 
-def gate_transform(csg_config, schedule: optax.Schedule) -> optax.GradientTransformation:
-  return optax.chain(_base_optimizer(csg_config.gate_optimizer, schedule, csg_config.gate_momentum),
-                     project_gates_transform(csg_config.projection))
+def gate_transform(gate_config, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """Sparsity gradient, then the gate's own optimiser, then the projection (see module doc)."""
+  return optax.chain(
+      add_sparsity_gradient(gate_config.sparsity_weight, gate_config.target_density),
+      _base_optimizer(gate_config.optimizer, schedule, gate_config.momentum),
+      project_gates_transform(gate_config.projection))
 
 
 def compile_freeze_pattern(pattern: str) -> Optional[re.Pattern]:
@@ -106,49 +139,30 @@ def partition_labels(tree, freeze_pattern: str):
   return jax.tree_util.tree_map_with_path(label, tree)
 
 
-def frozen_parameter_names(params, freeze_pattern: str):
-  labels = traverse_util.flatten_dict(partition_labels({"params": params}, freeze_pattern))
-  return sorted("/".join(p[1:]) for p, l in labels.items() if l == "frozen")
+def make_optimizers(config, plan: Plan) -> Dict[str, optax.GradientTransformation]:
+  """One partitioned transform per optimiser of `plan`, each over {"params": ..., "gates": ...}.
 
-
-def _partition(trunk, gates, labels_fn) -> optax.GradientTransformation:
-  return optax.partition({"trunk": trunk, "frozen": optax.set_to_zero(), "gates": gates},
-                         labels_fn)
-
-
-def make_optimizers(config, phase_steps: Dict[str, int]
-                    ) -> Dict[str, optax.GradientTransformation]:
-  """One partitioned transform per optimiser, each updating {"params": ..., "gates": ...}.
-
-  `phase_steps` maps each optimiser ("main", or "std" and "csg" for the alternate schedule) to
-  the number of steps it will take, which its schedules count in.
+  An optimiser's trunk hyperparameters come from config.optimizer, or for optimiser B of the
+  alternate schedule from config.csg.alternate (whose freeze pattern adds to config.optimizer's).
   """
-  opt = config.optimizer
-  csg = config.csg
+  opt, gate, alternate = config.optimizer, config.csg.gate, config.csg.alternate
 
-  def trunk_schedule(lr, steps):
+  def schedule(lr, steps):
     return learning_rate_schedule(opt.schedule, lr, steps, warmup_steps=opt.warmup_steps,
                                   milestones=opt.milestones, decay_factor=opt.decay_factor)
 
-  def labels(freeze_pattern):
-    return lambda tree: partition_labels(tree, freeze_pattern)
-
-  def gate_tx(steps):
-    return gate_transform(csg, trunk_schedule(csg.gate_learning_rate, steps))
-
-  if set(phase_steps) == {"main"}:
-    steps = phase_steps["main"]
-    trunk = trunk_transform(opt.name, trunk_schedule(opt.learning_rate, steps), opt)
-    gates = gate_tx(steps) if config.method == "csg" else optax.set_to_zero()
-    return {"main": _partition(trunk, gates, labels(opt.freeze))}
-
-  # Alternate: optimiser A (STD epochs, gate untouched), optimiser B (CSG epochs, gate + top).
-  csg_freeze = "|".join(p for p in (opt.freeze, csg.csg_freeze) if p)
-  std_tx = trunk_transform(opt.name, trunk_schedule(opt.learning_rate, phase_steps["std"]), opt)
-  csg_tx = trunk_transform(csg.csg_optimizer,
-                           trunk_schedule(csg.csg_learning_rate, phase_steps["csg"]), opt)
-  return {
-      "std": _partition(std_tx, optax.set_to_zero(), labels(opt.freeze)),
-      "csg": _partition(csg_tx, gate_tx(phase_steps["csg"]), labels(csg_freeze)),
-  }
-
+  optimizers = {}
+  for name, role in plan.optimizers.items():
+    if role.trunk == "alternate":
+      trunk = trunk_transform(alternate.optimizer, schedule(alternate.learning_rate, role.steps),
+                              opt)
+      freeze = "|".join(p for p in (opt.freeze, alternate.freeze) if p)
+    else:
+      trunk = trunk_transform(opt.name, schedule(opt.learning_rate, role.steps), opt)
+      freeze = opt.freeze
+    gates = (gate_transform(gate, schedule(gate.learning_rate, role.steps)) if role.trains_gate
+             else optax.set_to_zero())
+    optimizers[name] = optax.partition(
+        {"trunk": trunk, "frozen": optax.set_to_zero(), "gates": gates},
+        functools.partial(partition_labels, freeze_pattern=freeze))
+  return optimizers

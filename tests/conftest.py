@@ -15,7 +15,7 @@ CIFAR_TARBALL = os.path.join(SHARED_DATA, "cifar10-jpeg.tar.gz")
 
 def small_config(**overrides):
   """A digits config that trains in seconds: ResNet-8 at width 4 (with batch norm), 23 steps."""
-  from csg_jax.config_base import base_config  # pylint: disable=g-import-not-at-top
+  from csg_jax.config import base_config  # pylint: disable=g-import-not-at-top
   config = base_config("digits")
   config.model.name = "resnet8"
   config.model.width = 4
@@ -31,9 +31,9 @@ def small_config(**overrides):
 @pytest.fixture(scope="session")
 def straight_run(tmp_path_factory):
   """One uninterrupted small run, shared by the tests that compare against it."""
-  from csg_jax import train  # pylint: disable=g-import-not-at-top
+  from csg_jax import training  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("straight"))
-  results = train.train_and_evaluate(small_config(), workdir)
+  results = training.train_and_evaluate(small_config(), workdir)
   return workdir, results
 
 

@@ -1,12 +1,13 @@
 """FGSM and PGD: inside the ε ball and the valid pixel box, loss goes up, PGD(1 step) = FGSM."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from csg_jax import attacks
+from csg_jax.evaluation import attacks
 from csg_jax import models
 from csg_jax.errors import CSGError
 
@@ -130,3 +131,59 @@ def test_config_errors():
   with pytest.raises(CSGError, match="PRNG key"):
     attacks.pgd(lambda x: x.reshape(1, -1), jnp.zeros((1, 2, 2, 3)), jnp.zeros(1, jnp.int32),
                 epsilon=0.1, step_size=0.1, steps=1, mean=MEAN, std=STD, random_start=True)
+
+
+def _np_linear_fgsm(x, y, w, eps, mean, std):
+  """FGSM on logits = flatten(x) @ w, from the closed-form input gradient of the CE loss."""
+  flat = x.reshape(len(x), -1).astype(np.float64)
+  logits = flat @ w
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  grad = ((p - np.eye(w.shape[1])[y]) @ w.T).reshape(x.shape)
+  std = np.asarray(std, np.float64)
+  radius = eps / std
+  out = np.clip(x + radius * np.sign(grad), x - radius, x + radius)
+  return np.clip(out, (0.0 - np.asarray(mean)) / std, (1.0 - np.asarray(mean)) / std)
+
+
+class AttackStepTest(chex.TestCase):
+  """Attack steps on a linear model, against numpy; with and without jit, device or numpy input."""
+
+  def _linear_problem(self):
+    rng = np.random.default_rng(3)
+    pixels = rng.random((8, 3, 3, 3)).astype(np.float32)
+    pixels[0] = 0.0  # on the box's corner
+    images = ((pixels - np.array(MEAN, np.float32)) / np.array(STD, np.float32))
+    labels = (np.arange(8) % 4).astype(np.int32)
+    w = rng.normal(size=(27, 4)).astype(np.float32)
+    logits_fn = lambda x: x.reshape(x.shape[0], -1) @ jnp.asarray(w)
+    return images, labels, w, logits_fn
+
+  @chex.variants(with_jit=True, without_jit=True, with_device=True, without_device=True)
+  def test_fgsm_equals_closed_form(self):
+    images, labels, w, logits_fn = self._linear_problem()
+    fgsm = self.variant(lambda x, y: attacks.fgsm(logits_fn, x, y, epsilon=8 / 255, mean=MEAN,
+                                                  std=STD))
+    got = np.asarray(fgsm(images, labels))
+    chex.assert_shape(got, images.shape)
+    np.testing.assert_allclose(got, _np_linear_fgsm(images, labels, w, 8 / 255, MEAN, STD),
+                               atol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_pgd_random_start_is_uniform_in_the_ball(self):
+    """With zero steps PGD returns its start: x + U(-ε, ε) per pixel, then the box."""
+    rng = np.random.default_rng(4)
+    pixels = rng.uniform(0.2, 0.8, size=(64, 4, 4, 3)).astype(np.float32)  # far from the box
+    images = (pixels - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
+    labels = np.zeros(64, np.int32)
+    eps = 8 / 255
+    start = self.variant(lambda x, y, key: attacks.pgd(
+        lambda v: v.reshape(v.shape[0], -1)[:, :2], x, y, epsilon=eps, step_size=eps, steps=0,
+        mean=MEAN, std=STD, random_start=True, key=key))
+    offset = (_to_pixels(start(images, labels, jax.random.PRNGKey(5))) -
+              _to_pixels(images)) / eps  # in units of ε: uniform on [-1, 1]
+    assert np.abs(offset).max() <= 1 + 1e-4
+    assert offset.min() < -0.95 and offset.max() > 0.95
+    assert abs(offset.mean()) < 0.03  # mean of 3072 U(-1, 1) draws: sd 0.01
+    assert abs((offset < 0).mean() - 0.5) < 0.04
+    assert 0.30 < np.var(offset) < 0.37  # U(-1, 1) has variance 1/3

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from csg_jax import detection
+from csg_jax.evaluation import detection
+from csg_jax.evaluation import plots
 from csg_jax.errors import CSGError
 
 
@@ -94,7 +95,7 @@ def test_roc_figure_is_written(tmp_path):
   panels = {"PGD ε=8/255": {k: (v["fpr"], v["tpr"], v["auc"]) for k, v in out.items()},
             "empty": {}}
   path = tmp_path / "roc.png"
-  detection.roc_figure(panels, str(path), title="t")
+  plots.roc_figure(str(path), panels, title="t")
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

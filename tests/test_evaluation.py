@@ -9,8 +9,9 @@ import matplotlib.image
 import numpy as np
 
 from conftest import REPO, small_config
-from csg_jax import evaluation
-from csg_jax import train
+from csg_jax.evaluation import mis as mis_lib
+from csg_jax.evaluation import report as report_lib
+from csg_jax import training
 
 
 def _is_png(path):
@@ -24,32 +25,32 @@ def _is_png(path):
 def test_mi_ceiling_is_the_largest_class_indicator_entropy():
   labels = np.array([0] * 50 + [1] * 30 + [2] * 20)
   p = 0.5  # class 0: H(0.5) = ln 2 is the largest
-  assert evaluation.mi_ceiling(labels, 3) == np.float64(-2 * p * np.log(p))
+  assert mis_lib.mi_ceiling(labels, 3) == np.float64(-2 * p * np.log(p))
 
 
 def test_report_and_comparison(straight_run, tmp_path):
   csg_dir, results = straight_run
-  csg = evaluation.evaluate_workdir(csg_dir)
-  report = json.loads(open(os.path.join(csg_dir, "eval", "report.json")).read())
-  assert report["method"] == "csg" and report["step"] == 23
-  assert report["accuracy"] == results["accuracy"]
-  np.testing.assert_allclose(report["mis"], results["mis"], rtol=1e-9)
-  assert report["num_examples"] == 360
-  assert sum(report["filters_per_class"]["by_gate"].values()) == 16  # K filters, each one class
-  assert sum(report["filters_per_class"]["by_mi"].values()) == 16
-  per_class = report["per_class_accuracy"]
+  csg = report_lib.evaluate_workdir(csg_dir)
+  written = json.loads(open(os.path.join(csg_dir, "eval", "report.json")).read())
+  assert written["method"] == "csg" and written["step"] == 23
+  assert written["accuracy"] == results["accuracy"]
+  np.testing.assert_allclose(written["mis"], results["mis"], rtol=1e-9)
+  assert written["num_examples"] == 360
+  assert sum(written["filters_per_class"]["by_gate"].values()) == 16  # K filters, each one class
+  assert sum(written["filters_per_class"]["by_mi"].values()) == 16
+  per_class = written["per_class_accuracy"]
   assert list(per_class) == [str(c) for c in range(10)]
-  assert abs(np.mean(list(per_class.values())) - report["accuracy"]) < 0.02  # balanced classes
+  assert abs(np.mean(list(per_class.values())) - written["accuracy"]) < 0.02  # balanced classes
   for name in ("gate", "mi_matrix", "max_mi_histogram"):
-    assert _is_png(os.path.join(csg_dir, report["figures"][name])), name
+    assert _is_png(os.path.join(csg_dir, written["figures"][name])), name
   np.testing.assert_allclose(np.load(os.path.join(csg_dir, "eval", "mi_matrix.npy")).max(0).mean(),
-                             report["mis"])
+                             written["mis"])
 
   std_dir = str(tmp_path / "std")
-  train.train_and_evaluate(small_config(method="std", num_epochs=0.3), std_dir)
-  std = evaluation.evaluate_workdir(std_dir)
+  training.train_and_evaluate(small_config(method="std", num_epochs=0.3), std_dir)
+  std = report_lib.evaluate_workdir(std_dir)
   assert std.report["gate_density"] is None and "gate" not in std.report["figures"]
-  path = evaluation.write_comparison(str(tmp_path), {"std": std, "csg": csg})
+  path = report_lib.write_comparison(str(tmp_path), {"std": std, "csg": csg})
   text = open(path).read()
   assert "| training | accuracy | MIS | L1 density |" in text
   assert f"| CSG | {csg.report['accuracy']:.4f} | {csg.report['mis']:.4f} |" in text

@@ -10,37 +10,48 @@ from csg_jax import gate as gate_lib
 from csg_jax import models
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_max_normalize_projection_invariants(seed):
-  rng = np.random.default_rng(seed)
-  g = rng.normal(0.3, 1.0, size=(10, 64)).astype(np.float32)
-  g[:, 3] = 0.0  # a filter with no open class
-  g[:, 5] = -np.abs(g[:, 5]) - 0.1  # a filter whose max is negative
-  p = np.asarray(gate_lib.project_gates(jnp.asarray(g), "max_normalize"))
-  assert np.isfinite(p).all()
-  assert p.min() >= 0.0 and p.max() <= 1.0
-  positive = g.max(axis=0) > 0
-  np.testing.assert_array_equal(p.max(axis=0)[positive], 1.0)
-  np.testing.assert_array_equal(p[:, ~positive], 0.0)
-  # Column-wise known answer: clip(g / max, 0, 1).
-  expected = np.clip(g[:, positive] / g[:, positive].max(axis=0), 0, 1)
-  np.testing.assert_allclose(p[:, positive], expected, rtol=1e-6)
-  # A projection is idempotent.
-  np.testing.assert_allclose(gate_lib.project_gates(jnp.asarray(p)), p, rtol=1e-6)
+class GateFunctionsTest(chex.TestCase):
+  """The pure gate functions, with and without jit, on device arrays and on numpy inputs."""
+
+  @chex.variants(with_jit=True, without_jit=True, with_device=True, without_device=True)
+  def test_max_normalize_projection_invariants(self):
+    project = self.variant(lambda g: gate_lib.project_gates(g, "max_normalize"))
+    for seed in range(3):
+      rng = np.random.default_rng(seed)
+      g = rng.normal(0.3, 1.0, size=(10, 64)).astype(np.float32)
+      g[:, 3] = 0.0  # a filter with no open class
+      g[:, 5] = -np.abs(g[:, 5]) - 0.1  # a filter whose max is negative
+      p = np.asarray(project(g))
+      chex.assert_tree_all_finite(p)
+      assert p.min() >= 0.0 and p.max() <= 1.0
+      positive = g.max(axis=0) > 0
+      np.testing.assert_array_equal(p.max(axis=0)[positive], 1.0)
+      np.testing.assert_array_equal(p[:, ~positive], 0.0)
+      # Column-wise known answer: clip(g / max, 0, 1).
+      expected = np.clip(g[:, positive] / g[:, positive].max(axis=0), 0, 1)
+      np.testing.assert_allclose(p[:, positive], expected, rtol=1e-6)
+      # A projection is idempotent.
+      np.testing.assert_allclose(project(p), p, rtol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True, with_device=True, without_device=True)
+  def test_clip_projection(self):
+    project = self.variant(lambda g: gate_lib.project_gates(g, "clip"))
+    g = np.array([[-0.5, 0.2], [1.5, 0.4]], np.float32)
+    np.testing.assert_allclose(project(g), [[0.0, 0.2], [1.0, 0.4]])
+
+  @chex.variants(with_jit=True, without_jit=True, with_device=True, without_device=True)
+  def test_density_and_hinge_values(self):
+    density = self.variant(gate_lib.l1_density)
+    hinge = self.variant(gate_lib.sparsity_hinge, static_argnums=1)
+    g = np.array([[1.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.25, 0.25]], np.float32)  # sum 2.5 over 8
+    assert float(density(g)) == pytest.approx(2.5 / 8)
+    assert float(hinge(g, 0.25)) == pytest.approx(2.5 - 2.0)
+    assert float(hinge(g, 0.5)) == 0.0  # within budget: no penalty
 
 
-def test_clip_projection():
-  g = jnp.array([[-0.5, 0.2], [1.5, 0.4]])
-  np.testing.assert_allclose(gate_lib.project_gates(g, "clip"), [[0.0, 0.2], [1.0, 0.4]])
+def test_unknown_projection_is_an_error():
   with pytest.raises(ValueError, match="unknown gate projection"):
-    gate_lib.project_gates(g, "softmax")
-
-
-def test_density_and_hinge_values():
-  g = jnp.array([[1.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.25, 0.25]])  # sum 2.5 over 8 entries
-  assert float(gate_lib.l1_density(g)) == pytest.approx(2.5 / 8)
-  assert float(gate_lib.sparsity_hinge(g, 0.25)) == pytest.approx(2.5 - 2.0)
-  assert float(gate_lib.sparsity_hinge(g, 0.5)) == 0.0  # within budget: no penalty
+    gate_lib.project_gates(jnp.zeros((2, 2)), "softmax")
 
 
 def test_gating_equals_per_sample_loop():

@@ -1,4 +1,5 @@
-"""launch/train.py as a user runs it: overrides work, bad input fails with one clear line."""
+"""The commands as a user runs them (launch/<command>.py shims and csg-<command> console scripts):
+overrides work, --help answers, bad input fails with one clear line."""
 
 import json
 import os
@@ -10,9 +11,27 @@ import pytest
 from conftest import REPO
 
 
+COMMANDS = ("train", "evaluate", "compare", "applications", "build_shapes", "build_voc_part")
+
+
+def _run(argv, cwd=None):
+  return subprocess.run(argv, capture_output=True, text=True, cwd=cwd or REPO, timeout=300)
+
+
 def _train(*args, cwd=None):
-  return subprocess.run([sys.executable, os.path.join(REPO, "launch", "train.py"), *args],
-                        capture_output=True, text=True, cwd=cwd or REPO, timeout=300)
+  return _run([sys.executable, os.path.join(REPO, "launch", "train.py"), *args], cwd=cwd)
+
+
+def _shim(command):
+  return [sys.executable, os.path.join(REPO, "launch", f"{command}.py")]
+
+
+def _console_script(command):
+  """The installed csg-<command> entry point, next to this interpreter."""
+  path = os.path.join(os.path.dirname(sys.executable), f"csg-{command.replace('_', '-')}")
+  if not os.path.exists(path):
+    pytest.fail(f"{path} is missing: reinstall csg_jax (pip install -e .) for its console scripts")
+  return [path]
 
 
 def test_overrides_reach_the_run(tmp_path):
@@ -36,6 +55,10 @@ def test_overrides_reach_the_run(tmp_path):
     (["--config.model.name=resnet21"], "unknown model 'resnet21'"),
     (["--config.data.source=imagenet"], "data.source"),
     (["--config.csg.target_density=1.5"], "csg.target_density"),
+    (["--config.csg.gate.target_density=1.5"], "config.csg.gate.target_density is 1.5"),
+    (["--config.csg.gate.target_densty=0.1"],
+     "no config field named 'csg.gate.target_densty'; did you mean \"target_density\""),
+    (["unexpected"], "unexpected arguments: unexpected"),
     (["--config.batch_size=-5"], "config.batch_size is -5"),
     (["--config", "configs/no_such_config.py"], "no_such_config"),
 ])
@@ -58,3 +81,27 @@ def test_unwritable_workdir(tmp_path):
   proc = _train(f"--workdir={blocker / 'sub'}")
   assert proc.returncode == 2
   assert "cannot write to --workdir" in proc.stderr and "Traceback" not in proc.stderr
+
+
+
+@pytest.mark.parametrize("launcher", [_shim, _console_script], ids=["shim", "console_script"])
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_exits_0_and_lists_the_command_flags(tmp_path, command, launcher):
+  proc = _run([*launcher(command), "--help"], cwd=tmp_path)  # configs/ found from anywhere
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  flag = {"build_voc_part": "--voc_root", "build_shapes": "--root",
+          "applications": "--std_workdir"}.get(command, "--workdir")
+  assert flag in proc.stdout
+  assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("launcher,command", [(_shim, "train"), (_console_script, "train"),
+                                              (_console_script, "compare")],
+                         ids=["shim", "csg-train", "csg-compare"])
+def test_renamed_field_is_one_line_naming_the_new_field(tmp_path, launcher, command):
+  proc = _run([*launcher(command), "--config.csg.target_density=0.05",
+               f"--workdir={tmp_path / 'w'}"], cwd=tmp_path)
+  assert proc.returncode == 2
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  assert "csg.gate.target_density" in proc.stderr and "Traceback" not in proc.stderr
+  assert not (tmp_path / "w").exists()

@@ -4,13 +4,16 @@ Most tests share one input shape (N_SAMPLES x N_FILTERS, N_CLASSES) so the devic
 compiles once; the few that need another kernel say so.
 """
 
+import chex
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import special
 from sklearn.feature_selection import _mutual_info as sk_mutual_info
 from sklearn.feature_selection import mutual_info_classif
 
-from csg_jax import metrics
+from csg_jax.evaluation import mi_estimator
+from csg_jax.evaluation import mis as mis_lib
 from csg_jax.errors import CSGError
 
 N_SAMPLES, N_FILTERS, N_CLASSES = 320, 8, 4
@@ -26,7 +29,7 @@ def sklearn_matrix(features, labels, num_classes, seed=0, n_neighbors=3):
 
 
 def assert_parity(features, labels, num_classes=N_CLASSES, seed=0, **kwargs):
-  got = metrics.mutual_information_matrix(features, labels, num_classes, seed=seed, **kwargs)
+  got = mis_lib.mutual_information_matrix(features, labels, num_classes, seed=seed, **kwargs)
   want = sklearn_matrix(features, labels, num_classes, seed,
                         n_neighbors=kwargs.get("n_neighbors", 3))
   assert got.shape == (num_classes, np.shape(features)[1])
@@ -90,9 +93,9 @@ def test_parity_clustered_classes_long_runs(monkeypatch):
   # Class-separated features make long runs of one class in sorted order. With no window
   # beyond k and tiny buffers, every correction takes the exact path, in many batches; an
   # odd chunk size also exercises padding of the last chunk. (Compiles a second kernel.)
-  monkeypatch.setattr(metrics, "_WINDOW_EXTRA", 0)
-  monkeypatch.setattr(metrics, "_OVERFLOW_CAP_MIN", 5)
-  monkeypatch.setattr(metrics, "_OVERFLOW_CAP_FRACTION", 10**9)
+  monkeypatch.setattr(mi_estimator, "_WINDOW_EXTRA", 0)
+  monkeypatch.setattr(mi_estimator, "_OVERFLOW_CAP_MIN", 5)
+  monkeypatch.setattr(mi_estimator, "_OVERFLOW_CAP_FRACTION", 10**9)
   rng = np.random.default_rng(40)
   labels = np.repeat(np.arange(N_CLASSES), N_SAMPLES // N_CLASSES)
   labels[:3] = N_CLASSES - 1  # a few strays inside another class's run
@@ -130,13 +133,13 @@ def test_known_answer_class_indicator():
   np.testing.assert_allclose(got[2, :2], closed_form, rtol=0, atol=1e-12)
   assert abs(got[2, 0] - entropy) < 1.0 / N_SAMPLES
   # It is the most informative filter for class 2 and assigned to it.
-  assert metrics.assigned_class_from_mi(got)[0] == 2
+  assert mis_lib.assigned_class_from_mi(got)[0] == 2
 
 
 def parity_without_noise(monkeypatch, features, labels):
   """Compares with sklearn's estimator on the given values, sklearn's noise left out."""
-  monkeypatch.setattr(metrics, "_sklearn_scaled_noisy", lambda x, seed: x.astype(np.float64))
-  got = metrics.mutual_information_matrix(features, labels, N_CLASSES)
+  monkeypatch.setattr(mi_estimator, "_sklearn_scaled_noisy", lambda x, seed: x.astype(np.float64))
+  got = mis_lib.mutual_information_matrix(features, labels, N_CLASSES)
   want = np.array([[sk_mutual_info._compute_mi_cd(features[:, j], labels == c, 3)
                     for j in range(features.shape[1])] for c in range(N_CLASSES)])
   np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
@@ -180,50 +183,80 @@ def test_noise_matches_sklearn_bit_for_bit(monkeypatch, order, dtype):
   monkeypatch.setattr(sk_mutual_info, "_compute_mi",
                       lambda x, *args, **kw: seen.append(np.array(x)) or original(x, *args, **kw))
   mutual_info_classif(features, labels == 1, n_neighbors=3, random_state=7)
-  np.testing.assert_array_equal(metrics._sklearn_scaled_noisy(features, 7), np.stack(seen, 1))
+  np.testing.assert_array_equal(mi_estimator._sklearn_scaled_noisy(features, 7), np.stack(seen, 1))
 
 
 def test_mis_of_hand_made_matrix():
   mi = np.array([[0.1, 0.5, 0.0],
                  [0.3, 0.2, 0.0]])
-  assert metrics.mis(mi) == pytest.approx((0.3 + 0.5 + 0.0) / 3)
+  assert mis_lib.mis(mi) == pytest.approx((0.3 + 0.5 + 0.0) / 3)
 
 
 def test_assigned_class_and_filters_per_class():
   gates = np.array([[0.9, 0.1, 0.5, 0.0],
                     [0.2, 0.8, 0.5, 0.0],
                     [0.0, 0.0, 0.1, 0.3]])
-  assigned = metrics.assigned_class_from_gate(gates)
+  assigned = mis_lib.assigned_class_from_gate(gates)
   np.testing.assert_array_equal(assigned, [0, 1, 0, 2])  # ties go to the lower class
-  np.testing.assert_array_equal(metrics.assigned_class_from_mi(gates), assigned)
-  np.testing.assert_array_equal(metrics.filters_per_class(assigned, 4), [2, 1, 1, 0])
+  np.testing.assert_array_equal(mis_lib.assigned_class_from_mi(gates), assigned)
+  np.testing.assert_array_equal(mis_lib.filters_per_class(assigned, 4), [2, 1, 1, 0])
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: metrics.mutual_information_matrix(np.zeros(10), np.zeros(10, int), 2),
+    (lambda: mis_lib.mutual_information_matrix(np.zeros(10), np.zeros(10, int), 2),
      "features must be"),
-    (lambda: metrics.mutual_information_matrix(np.zeros((10, 2)), np.zeros((10, 1), int), 2),
+    (lambda: mis_lib.mutual_information_matrix(np.zeros((10, 2)), np.zeros((10, 1), int), 2),
      "labels must be"),
-    (lambda: metrics.mutual_information_matrix(np.zeros((10, 2)), np.zeros(9, int), 2),
+    (lambda: mis_lib.mutual_information_matrix(np.zeros((10, 2)), np.zeros(9, int), 2),
      "10 samples but labels has 9"),
-    (lambda: metrics.mutual_information_matrix(np.zeros((10, 2)), np.full(10, 2), 2),
+    (lambda: mis_lib.mutual_information_matrix(np.zeros((10, 2)), np.full(10, 2), 2),
      r"labels must be in \[0, 2\)"),
-    (lambda: metrics.mutual_information_matrix(np.zeros((10, 2)), -np.ones(10, int), 2),
+    (lambda: mis_lib.mutual_information_matrix(np.zeros((10, 2)), -np.ones(10, int), 2),
      r"labels must be in \[0, 2\)"),
-    (lambda: metrics.mutual_information_matrix(np.zeros((10, 2)), np.zeros(10), 2),
+    (lambda: mis_lib.mutual_information_matrix(np.zeros((10, 2)), np.zeros(10), 2),
      "labels must be integers"),
-    (lambda: metrics.mutual_information_matrix(np.full((10, 2), np.nan), np.zeros(10, int), 2),
+    (lambda: mis_lib.mutual_information_matrix(np.full((10, 2), np.nan), np.zeros(10, int), 2),
      "NaN/inf"),
-    (lambda: metrics.mutual_information_matrix(np.zeros((2, 2)), np.zeros(2, int), 2),
+    (lambda: mis_lib.mutual_information_matrix(np.zeros((2, 2)), np.zeros(2, int), 2),
      "at least 3 samples"),
-    (lambda: metrics.mutual_information_matrix(np.zeros((10, 2)), np.zeros(10, int), 0),
+    (lambda: mis_lib.mutual_information_matrix(np.zeros((10, 2)), np.zeros(10, int), 0),
      "num_classes"),
-    (lambda: metrics.mutual_information_matrix(np.zeros((10, 2)), np.zeros(10, int), 2,
+    (lambda: mis_lib.mutual_information_matrix(np.zeros((10, 2)), np.zeros(10, int), 2,
                                                n_neighbors=0), "n_neighbors"),
-    (lambda: metrics.mis(np.zeros(3)), "num_classes, num_filters"),
-    (lambda: metrics.assigned_class_from_gate(np.zeros(3)), "gates must be"),
-    (lambda: metrics.filters_per_class(np.array([0, 3]), 3), r"in \[0, 3\)"),
+    (lambda: mis_lib.mis(np.zeros(3)), "num_classes, num_filters"),
+    (lambda: mis_lib.assigned_class_from_gate(np.zeros(3)), "gates must be"),
+    (lambda: mis_lib.filters_per_class(np.array([0, 3]), 3), r"in \[0, 3\)"),
 ])
 def test_errors_are_clear(call, message):
   with pytest.raises(CSGError, match=message):
     call()
+
+
+class EstimatorKernelTest(chex.TestCase):
+  """Device kernels of the estimator against numpy, with and without jit and device inputs."""
+
+  @chex.variants(with_jit=True, without_jit=True, with_device=True, without_device=True)
+  def test_kth_of_two_sorted_equals_sorting_the_union(self):
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 3, 4):
+      a = np.sort(rng.normal(size=(k, 6)), axis=0).astype(np.float32)
+      b = np.sort(rng.normal(size=(k, 6)), axis=0).astype(np.float32)
+      a[-1, 0] = b[-1, 1] = np.inf  # missing neighbours are inf
+      kth = self.variant(lambda a, b, k=k: mi_estimator._kth_of_two_sorted(a, b, k))
+      want = np.sort(np.concatenate([a, b]), axis=0)[k - 1]
+      np.testing.assert_array_equal(np.asarray(kth(a, b)), want)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_first_true_equals_searchsorted(self):
+    rng = np.random.default_rng(1)
+    values = np.sort(rng.normal(size=37))
+    thresholds = np.concatenate([rng.normal(size=9), [-9.0, 9.0, values[5]]])
+
+    def search(v, t):
+      v = jnp.asarray(v)
+      return mi_estimator._first_true(
+          [(lambda i: v[jnp.minimum(i, len(values) - 1)] >= t, jnp.zeros_like(t, jnp.int32),
+            jnp.full(t.shape, len(values), jnp.int32))], iters=6)[0]
+
+    got = np.asarray(self.variant(search)(values, thresholds))
+    np.testing.assert_array_equal(got, np.searchsorted(values, thresholds, side="left"))

@@ -1,4 +1,8 @@
-"""The optax partition: trunk, frozen layers and the gate each get their own update."""
+"""The optax partition: trunk, frozen layers and the gate each get their own update.
+
+The gate's chain (sparsity gradient, its own SGD/momentum/Adam, projection) is checked against a
+numpy re-statement of docs/csg-method.md written here, not against the library's functions.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -8,17 +12,24 @@ import pytest
 
 from csg_jax import gate as gate_lib
 from csg_jax import optimizer as optimizer_lib
-from csg_jax import schedule
-from csg_jax.config_base import base_config
+from csg_jax.config import base_config
+from csg_jax.plan import Plan
 
 
-def _config(**csg):
+def _config(schedule="joint", alternate=None, **gate):
   config = base_config("digits")
   config.optimizer.update(name="sgd", learning_rate=0.1, momentum=0.0, weight_decay=0.0,
                           schedule="constant", freeze="^backbone/stage1")
-  config.csg.update(gate_optimizer="sgd", gate_learning_rate=0.5, gate_momentum=0.0,
-                    projection="max_normalize", **csg)
+  config.csg.schedule = schedule
+  config.csg.gate.update(dict(optimizer="sgd", learning_rate=0.5, momentum=0.0,
+                              projection="max_normalize", sparsity_weight=0.0), **gate)
+  config.csg.alternate.update(alternate or {})
   return config
+
+
+def _optimizers(config, num_examples=100):
+  config.update(num_epochs=1.0, batch_size=10)
+  return optimizer_lib.make_optimizers(config, Plan.from_config(config, num_examples))
 
 
 def _tree(seed):
@@ -32,7 +43,7 @@ def _tree(seed):
 
 def test_partition_updates_each_group_with_its_own_rule():
   config = _config()
-  tx = optimizer_lib.make_optimizers(config, {"main": 10})["main"]
+  tx = _optimizers(config)["main"]
   tree, grads = _tree(0), _tree(1)
   updates, _ = tx.update(grads, tx.init(tree), tree)
   new = optax.apply_updates(tree, updates)
@@ -51,24 +62,36 @@ def test_partition_updates_each_group_with_its_own_rule():
   np.testing.assert_array_equal(np.asarray(new["gates"]["gate"]["G"]).max(axis=0), 1.0)
 
 
-def test_frozen_parameter_names():
-  names = optimizer_lib.frozen_parameter_names(_tree(0)["params"], "^backbone/stage1")
-  assert names == ["backbone/stage1_block1/kernel"]
+@pytest.mark.parametrize("pattern", ["^backbone/stage1", "stage1", "block1/kernel$|nothing"])
+def test_freeze_pattern_is_searched_anywhere_in_the_path(pattern):
+  """Like the config's example 'backbone/stem|stage1': a regex found anywhere in the path."""
+  labels = optimizer_lib.partition_labels(_tree(0), pattern)
+  expect_frozen = {"^backbone/stage1": {"backbone/stage1_block1/kernel"},
+                   "stage1": {"backbone/stage1_block1/kernel"},
+                   "block1/kernel$|nothing": {"backbone/stage1_block1/kernel",
+                                              "backbone/stage2_block1/kernel"}}[pattern]
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path[1:]): label
+          for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]}
+  assert {k for k, v in flat.items() if v == "frozen"} == expect_frozen
+  assert flat["gate/G"] == "gates"
+  assert flat["head/bias"] == "trunk"
 
 
 def test_std_method_never_moves_a_gate():
   config = _config()
   config.method = "std"
-  tx = optimizer_lib.make_optimizers(config, {"main": 10})["main"]
+  tx = _optimizers(config)["main"]
   tree, grads = _tree(0), _tree(1)
   updates, _ = tx.update(grads, tx.init(tree), tree)
   np.testing.assert_array_equal(updates["gates"]["gate"]["G"], 0.0)
 
 
 def test_alternate_has_two_optimizers_with_their_own_freezing():
-  config = _config(schedule="alternate", csg_optimizer="sgd", csg_learning_rate=0.01,
-                   csg_freeze="^backbone/stage2")
-  txs = optimizer_lib.make_optimizers(config, {"std": 6, "csg": 4})
+  config = _config(schedule="alternate", alternate=dict(
+      optimizer="sgd", learning_rate=0.01, freeze="^backbone/stage2", warmup_epochs=0, period=2,
+      min_phase=1))
+  txs = _optimizers(config)
+  assert set(txs) == {"std", "csg"}
   tree, grads = _tree(0), _tree(1)
   std_updates, _ = txs["std"].update(grads, txs["std"].init(tree), tree)
   csg_updates, _ = txs["csg"].update(grads, txs["csg"].init(tree), tree)
@@ -82,17 +105,6 @@ def test_alternate_has_two_optimizers_with_their_own_freezing():
   np.testing.assert_allclose(csg_updates["params"]["head"]["bias"],
                              -0.01 * grads["params"]["head"]["bias"], rtol=1e-6)
   assert float(jnp.abs(csg_updates["gates"]["gate"]["G"]).max()) > 0
-
-
-def test_alternate_epoch_rule_and_step_counts():
-  config = _config(schedule="alternate", warmup_epochs=2, period=3, min_phase=2)
-  csg_epochs = [e for e in range(12) if schedule.is_csg_epoch(e, config.csg)]
-  assert csg_epochs == [2, 5, 8, 11]
-  config.num_epochs, config.batch_size = 6.0, 10
-  # 100 examples, batches of 10: 10 steps an epoch; epochs 2 and 5 are CSG epochs.
-  phases = [schedule.phase_of_step(s, config, 100) for s in range(60)]
-  assert phases[19] == "std" and phases[20] == "csg" and phases[29] == "csg"
-  assert schedule.steps_per_optimizer(config, 100) == {"std": 40, "csg": 20}
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -113,10 +125,93 @@ def test_weight_decay_skips_biases():
   config = _config()
   config.optimizer.weight_decay = 0.5
   config.optimizer.freeze = ""
-  tx = optimizer_lib.make_optimizers(config, {"main": 10})["main"]
+  tx = _optimizers(config)["main"]
   tree = _tree(0)
   zero = jax.tree_util.tree_map(jnp.zeros_like, tree)
   updates, _ = tx.update(zero, tx.init(tree), tree)
   np.testing.assert_array_equal(updates["params"]["head"]["bias"], 0.0)
   np.testing.assert_allclose(updates["params"]["head"]["kernel"],
                              -0.1 * 0.5 * tree["params"]["head"]["kernel"], rtol=1e-6)
+
+
+# --- The gate's chain against a numpy re-statement -----------------------------------------
+
+
+def _np_project(g, mode):
+  g = np.asarray(g, np.float64)
+  if mode == "max_normalize":  # each column divided by its max (if positive), then clipped
+    col_max = g.max(axis=0, keepdims=True)
+    g = np.where(col_max > 0, g / np.where(col_max > 0, col_max, 1.0), g)
+  return np.clip(g, 0.0, 1.0)
+
+
+def _np_sparsity_grad(g, weight, density):
+  """d/dG of weight * max(0, sum|G| - density * G.size): weight * sign(G) over the budget.
+
+  With JAX's subgradients at the kinks, which the library keeps from its loss-side hinge:
+  d|x|/dx = +1 at x = 0, and max(0, h) passes half the gradient at h = 0.
+  """
+  excess = np.abs(g).sum() - density * g.size
+  factor = 1.0 if excess > 0 else (0.5 if excess == 0 else 0.0)
+  return weight * np.where(g >= 0, 1.0, -1.0) * factor
+
+
+class _NumpyGateOptimizer:
+  """SGD (optionally with heavy-ball momentum, optax/torch convention) or Adam, on G only."""
+
+  def __init__(self, name, lr, momentum):
+    self.name, self.lr, self.momentum = name, lr, momentum
+    self.t, self.m, self.v = 0, 0.0, 0.0
+
+  def update(self, grad):
+    self.t += 1
+    if self.name == "sgd":
+      self.m = grad + self.momentum * self.m
+      return -self.lr * self.m
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    self.m = b1 * self.m + (1 - b1) * grad
+    self.v = b2 * self.v + (1 - b2) * grad * grad
+    m_hat, v_hat = self.m / (1 - b1 ** self.t), self.v / (1 - b2 ** self.t)
+    return -self.lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+@pytest.mark.parametrize("projection", ["max_normalize", "clip"])
+@pytest.mark.parametrize("budget", ["over", "under"])
+@pytest.mark.parametrize("name,momentum", [("sgd", 0.0), ("sgd", 0.9), ("adam", 0.0)])
+def test_gate_chain_equals_numpy_reference(projection, budget, name, momentum):
+  weight, density, lr = 0.3, 0.1 if budget == "over" else 0.9, 0.05
+  config = _config(optimizer=name, momentum=momentum, learning_rate=lr, projection=projection,
+                   sparsity_weight=weight, target_density=density)
+  tx = _optimizers(config)["main"]
+  rng = np.random.default_rng(7)
+  tree = _tree(0)
+  g0 = rng.uniform(0.0, 1.0, size=(3, 4)).astype(np.float32)
+  g0[1, 2] = -0.2  # a negative entry: sign(G) is -1 there
+  tree["gates"]["gate"]["G"] = jnp.asarray(g0)
+  assert (np.abs(g0).sum() > density * g0.size) == (budget == "over")
+  reference, g_ref = _NumpyGateOptimizer(name, lr, momentum), g0.astype(np.float64)
+  state = tx.init(tree)
+  for step in range(3):
+    ce_grad = rng.normal(size=(3, 4)).astype(np.float32)
+    grads = jax.tree_util.tree_map(jnp.zeros_like, tree)
+    grads["gates"]["gate"]["G"] = jnp.asarray(ce_grad)
+    updates, state = tx.update(grads, state, tree)
+    tree = optax.apply_updates(tree, updates)
+    g_ref = _np_project(
+        g_ref + reference.update(ce_grad + _np_sparsity_grad(g_ref, weight, density)),
+        projection)
+    np.testing.assert_allclose(tree["gates"]["gate"]["G"], g_ref, rtol=1e-5, atol=1e-6,
+                               err_msg=f"step {step}")
+
+
+def test_sparsity_gradient_only_over_budget():
+  """The transform alone: zero under the budget, weight * sign(G) over it."""
+  add = optimizer_lib.add_sparsity_gradient(0.5, 0.25)
+  under = jnp.array([[0.5, 0.0], [-0.25, 0.0]])  # sum |G| = 0.75 < 0.25 * 4 = 1
+  over = jnp.array([[1.0, 0.0], [-0.5, 0.25]])  # sum |G| = 1.75 > 1
+  zeros = jnp.zeros((2, 2))
+  np.testing.assert_array_equal(add.update(zeros, add.init(under), under)[0], 0.0)
+  np.testing.assert_array_equal(add.update(zeros, add.init(over), over)[0],
+                                [[0.5, 0.5], [-0.5, 0.5]])  # JAX: d|x|/dx = +1 at 0
+  with pytest.raises(ValueError, match="needs the current gate values"):
+    add.update(zeros, add.init(over))

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import small_config
 from csg_jax import data as data_lib
-from csg_jax import train
-from csg_jax import workdir_lock
+from csg_jax import training
+from csg_jax.training import workdir_lock
 from csg_jax.errors import CSGError
 
 
@@ -32,7 +32,7 @@ def _interrupt_at(monkeypatch, step, action):
 
 
 def _assert_same_final_state(workdir_a, workdir_b):
-  a, b = train.load_run(workdir_a), train.load_run(workdir_b)
+  a, b = training.load_run(workdir_a), training.load_run(workdir_b)
   assert a.step == b.step
   jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(a.state),
                          jax.device_get(b.state))  # bit-identical on CPU
@@ -53,11 +53,11 @@ def test_crash_then_resume_ends_where_the_uninterrupted_run_ends(straight_run, t
 
   real = _interrupt_at(monkeypatch, 15, crash)
   with pytest.raises(_Crash):
-    train.train_and_evaluate(small_config(), workdir)
+    training.train_and_evaluate(small_config(), workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10"]
   assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_NAME))  # released on crash
   monkeypatch.setattr(data_lib, "train_batches", real)
-  assert train.train_and_evaluate(small_config(), workdir) == straight
+  assert training.train_and_evaluate(small_config(), workdir) == straight
   _assert_same_final_state(straight_dir, workdir)
 
 
@@ -67,11 +67,11 @@ def test_sigterm_checkpoints_the_current_step_and_resumes_exactly(straight_run, 
   workdir = str(tmp_path / "preempted")
   real = _interrupt_at(monkeypatch, 7, lambda _: os.kill(os.getpid(), signal.SIGTERM))
   with pytest.raises(CSGError, match="stopped by SIGTERM after step 8"):
-    train.train_and_evaluate(small_config(), workdir)
+    training.train_and_evaluate(small_config(), workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["8"]
   assert not os.path.exists(os.path.join(workdir, "results.json"))
   monkeypatch.setattr(data_lib, "train_batches", real)
-  assert train.train_and_evaluate(small_config(), workdir) == straight
+  assert training.train_and_evaluate(small_config(), workdir) == straight
   _assert_same_final_state(straight_dir, workdir)
 
 
@@ -88,7 +88,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(straight_run, 
     with open(path, "r+b") as f:
       f.seek(os.path.getsize(path) // 2)
       f.write(b"\xff" * 16)
-  run = train.load_run(workdir)
+  run = training.load_run(workdir)
   assert run.step == 20
   assert "checkpoint at step 23 is unusable" in capsys.readouterr().out
 
@@ -96,24 +96,24 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(straight_run, 
   for step in ("10", "20"):
     shutil.rmtree(os.path.join(workdir, "checkpoints", step, "default"))
   with pytest.raises(CSGError, match="Refusing to restart from step 0"):
-    train.train_and_evaluate(small_config(), workdir)
+    training.train_and_evaluate(small_config(), workdir)
 
 
 def test_init_from_loads_weights_and_names_mismatches(straight_run, tmp_path):
   source = straight_run[0]
   with pytest.raises(CSGError, match=r"params/backbone/stage1_block1/conv1/kernel: checkpoint "
                                     r"\(3, 3, 4, 4\) vs model \(3, 3, 8, 8\)"):
-    train.train_and_evaluate(small_config(init_from=source, model=dict(
+    training.train_and_evaluate(small_config(init_from=source, model=dict(
         name="resnet8", width=8, dtype="float32")), str(tmp_path / "wide"))
   assert not os.path.exists(tmp_path / "wide")  # nothing written
   with pytest.raises(CSGError, match="does not exist"):
-    train.train_and_evaluate(small_config(init_from=str(tmp_path / "nope")), str(tmp_path / "x"))
+    training.train_and_evaluate(small_config(init_from=str(tmp_path / "nope")), str(tmp_path / "x"))
 
   # Same architecture, the head skipped: everything else is copied, the head starts fresh.
   config = small_config(init_from=source, init_from_skip="^head/", num_epochs=0.05)
   workdir = str(tmp_path / "finetune")
-  train.train_and_evaluate(config, workdir)
-  tuned, base = train.load_run(workdir), train.load_run(source)
+  training.train_and_evaluate(config, workdir)
+  tuned, base = training.load_run(workdir), training.load_run(source)
   assert tuned.step == 2  # ceil(0.05 * 1437 / 64)
   # After 2 steps the trunk is still near the source weights, far from a fresh initialisation.
   src = np.asarray(base.state.params["backbone"]["stem_conv"]["kernel"])
@@ -128,7 +128,7 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
     import json, socket  # pylint: disable=g-import-not-at-top,multiple-imports
     lock_path.write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
     with pytest.raises(CSGError, match=f"another run \\(pid {sleeper.pid}"):
-      train.train_and_evaluate(small_config(), str(tmp_path))
+      training.train_and_evaluate(small_config(), str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == [workdir_lock.LOCK_NAME]
   finally:
     sleeper.kill()
@@ -145,7 +145,7 @@ def test_non_finite_loss_stops_with_the_step_and_no_later_checkpoint(tmp_path, m
   _interrupt_at(monkeypatch, 12, poison)
   workdir = str(tmp_path / "nan")
   with pytest.raises(CSGError, match="non-finite loss at step 13.*last good checkpoint is step 10"):
-    train.train_and_evaluate(small_config(), workdir)
+    training.train_and_evaluate(small_config(), workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10"]
   assert not os.path.exists(os.path.join(workdir, "results.json"))
 
@@ -157,14 +157,17 @@ _BAD_CONFIGS = [
     (dict(eval_batch_size=0), "config.eval_batch_size is 0"),
     (dict(num_epochs=0.0), "config.num_epochs is 0.0"),
     (dict(method="gated"), "config.method is 'gated'"),
-    (dict(csg=dict(csg_weight=-1.0)), "config.csg.csg_weight is -1.0"),
-    (dict(csg=dict(sparsity_weight=-0.1)), "config.csg.sparsity_weight is -0.1"),
-    (dict(csg=dict(target_density=0.0)), "config.csg.target_density is 0.0"),
-    (dict(csg=dict(target_density=1.2)), "config.csg.target_density is 1.2"),
-    (dict(csg=dict(gate_init=2.0)), "config.csg.gate_init is 2.0"),
+    (dict(csg=dict(gated_loss_weight=-1.0)), "config.csg.gated_loss_weight is -1.0"),
+    (dict(csg=dict(gate=dict(sparsity_weight=-0.1))), "config.csg.gate.sparsity_weight is -0.1"),
+    (dict(csg=dict(gate=dict(target_density=0.0))), "config.csg.gate.target_density is 0.0"),
+    (dict(csg=dict(gate=dict(target_density=1.2))), "config.csg.gate.target_density is 1.2"),
+    (dict(csg=dict(gate=dict(init=2.0))), "config.csg.gate.init is 2.0"),
     (dict(csg=dict(schedule="sometimes")), "config.csg.schedule is 'sometimes'"),
-    (dict(csg=dict(projection="softmax")), "config.csg.projection is 'softmax'"),
-    (dict(csg=dict(min_phase=3)), "config.csg.min_phase"),
+    (dict(csg=dict(gate=dict(projection="softmax"))), "config.csg.gate.projection is 'softmax'"),
+    (dict(csg=dict(alternate=dict(min_phase=3))), "config.csg.alternate.min_phase"),
+    (dict(csg=dict(alternate=dict(freeze="stage3["))), "not a valid regular expression"),
+    (dict(csg=dict(target_density=0.05)),  # a field of an earlier version, set in a config file
+     "config.csg.target_density was renamed to config.csg.gate.target_density"),
     (dict(optimizer=dict(name="lamb")), "config.optimizer.name is 'lamb'"),
     (dict(optimizer=dict(schedule="linear")), "config.optimizer.schedule is 'linear'"),
     (dict(optimizer=dict(learning_rate=-0.1)), "config.optimizer.learning_rate"),
@@ -188,7 +191,7 @@ def test_bad_config_catalogue(tmp_path, overrides, message):
       config[key] = value
   workdir = tmp_path / "w"
   with pytest.raises(CSGError) as info:
-    train.train_and_evaluate(config, str(workdir))
+    training.train_and_evaluate(config, str(workdir))
   assert message in str(info.value)
   assert "\n" not in str(info.value)
   assert not workdir.exists()

@@ -1,4 +1,4 @@
-"""The synthetic shapes data set, and launch/applications.py end to end on tiny trained runs."""
+"""The synthetic shapes data set, and the applications end to end on tiny trained runs."""
 
 import importlib.util
 import json
@@ -12,9 +12,10 @@ import pytest
 
 from conftest import REPO
 from csg_jax import data as data_lib
-from csg_jax import shapes
-from csg_jax import train
+from csg_jax.data import shapes
+from csg_jax import training
 from csg_jax.errors import CSGError
+from csg_jax.evaluation import applications
 
 
 def test_render_is_deterministic_balanced_and_masks_cover_the_object():
@@ -69,14 +70,6 @@ def test_written_data_set_is_what_the_folder_source_reads(tmp_path):
     shapes.load_masks(str(tmp_path), "test")
 
 
-def _load_launcher():
-  spec = importlib.util.spec_from_file_location(
-      "applications_launcher", os.path.join(REPO, "launch", "applications.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
   """STD and CSG TinyCNN runs on a tiny shapes set (16 px), a few steps each."""
@@ -101,13 +94,12 @@ def tiny_runs(tmp_path_factory):
     config.method = method
     runs[method] = str(base / method)
     # One device: 8 fake CPU devices would only slow these tiny programs down.
-    train.train_and_evaluate(config, runs[method], devices=jax.devices()[:1])
+    training.train_and_evaluate(config, runs[method], devices=jax.devices()[:1])
   return runs
 
 
 def test_applications_end_to_end(tiny_runs, tmp_path):
-  launcher = _load_launcher()
-  cfg = launcher.app_config()
+  cfg = applications.app_config()
   cfg.localization.batch_size = 8
   cfg.localization.num_filters = 3
   cfg.attacks.batch_size = 8
@@ -116,10 +108,10 @@ def test_applications_end_to_end(tiny_runs, tmp_path):
   cfg.detection.successful_only = False  # an untrained tiny model: keep every sample
   cfg.num_examples = 3
   one = jax.devices()[:1]
-  csg, csg_curves = launcher.evaluate_run(tiny_runs["csg"], cfg, devices=one)
+  csg, csg_curves = applications.evaluate_run(tiny_runs["csg"], cfg, devices=one)
   cfg.localization.methods = ("cam",)  # the STD run: the cheapest method is enough here
   cfg.num_examples = 0
-  std, std_curves = launcher.evaluate_run(tiny_runs["std"], cfg, devices=one)
+  std, std_curves = applications.evaluate_run(tiny_runs["std"], cfg, devices=one)
   for run in ("std", "csg"):
     eval_dir = os.path.join(tiny_runs[run], "eval")
     saved = json.loads(open(os.path.join(eval_dir, "applications.json")).read())
@@ -132,7 +124,7 @@ def test_applications_end_to_end(tiny_runs, tmp_path):
   assert os.path.getsize(os.path.join(tiny_runs["csg"], "eval", "localization_examples.png"))
   assert "gate_consistency" in csg["adversarial"][0]["detection"]
   assert "gate_consistency" not in std["adversarial"][0]["detection"]
-  text = launcher.compare(std, csg, std_curves, csg_curves, str(tmp_path / "cmp"))
+  text = applications.compare(std, csg, std_curves, csg_curves, str(tmp_path / "cmp"))
   assert "| CAM IoU |" in text and "| PGD | 8/255 |" in text and "| STD | CSG |" in text
   assert "GradMap" not in text  # only in the CSG report: no half-empty rows
   assert sorted(os.listdir(tmp_path / "cmp")) == [

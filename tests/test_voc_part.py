@@ -10,7 +10,7 @@ from PIL import Image
 from scipy import io as scipy_io
 
 from csg_jax import data as data_lib
-from csg_jax import voc_part
+from csg_jax.data import voc_part
 from csg_jax.errors import CSGError
 
 _OBJ = [("class", "O"), ("class_ind", "O"), ("mask", "O"), ("parts", "O")]
@@ -111,9 +111,7 @@ def test_split_is_the_released_random_sample():
 def test_build_on_the_fixture(fixture, tmp_path):
   voc, annotations, truth = fixture
   out = tmp_path / "voc_part"
-  logs = []
-  meta = voc_part.build_voc_part(str(voc), str(annotations), str(out), size=16, seed=0,
-                                 log=logs.append)
+  meta = voc_part.build_voc_part(str(voc), str(annotations), str(out), size=16, seed=0)
   split = voc_part.split_images(sorted(truth), seed=0)
   expected = {s: sorted((truth[i][1][k][0], f"{i}_{k:02d}.png") for i in members
                         for k in range(1, len(truth[i][1])))

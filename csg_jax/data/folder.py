@@ -24,7 +24,9 @@ from PIL import Image, ImageOps
 from csg_jax.data import cache
 from csg_jax.data.config import TAR_EXTENSIONS, is_tarball
 from csg_jax.data.dataset import ArraySplit, CacheInfo, Dataset, resize_image
+from csg_jax import fileio
 from csg_jax.errors import CSGError
+from csg_jax.log import log
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 CACHE_VERSION = 1  # Bump when the decoded pixels or the file layout change.
@@ -35,10 +37,6 @@ _PROGRESS_SECONDS = 3.0
 
 # (role, row in that role's arrays, path inside the source, file path or encoded bytes)
 _Item = tuple[str, int, str, "str | bytes"]
-
-
-def log(message: str) -> None:
-  print(f"[csg_jax.data] {message}", flush=True)
 
 
 def load(cfg) -> Dataset:
@@ -60,7 +58,7 @@ def load(cfg) -> Dataset:
   meta = cache.read_meta(directory)
   built = meta is None
   if built:
-    log(f"building cache {directory} from {cfg.path}")
+    log(f"[csg_jax.data] building cache {directory} from {cfg.path}")
     meta = cache.build_atomically(
         directory, lambda tmp: _build(tmp, cfg, path, roles, listing))
   seconds = time.perf_counter() - start
@@ -70,7 +68,7 @@ def load(cfg) -> Dataset:
     rel, reason = meta["skipped"][0]
     raise _corrupt_error(_display(cfg.path, rel), reason, len(skipped))
   verb = "built" if built else "reused"
-  log(f"{verb} cache {directory}: {total} images in {seconds:.1f} s"
+  log(f"[csg_jax.data] {verb} cache {directory}: {total} images in {seconds:.1f} s"
       + (f", {len(skipped)} unreadable file(s) skipped" if skipped else ""))
 
   splits = {
@@ -239,7 +237,7 @@ def _build(tmp: str, cfg, path: str, roles: dict[str, str], listing) -> dict:
 
     workers = cfg.decode_workers or (
         1 if len(items) < _IN_PROCESS_BELOW else len(os.sched_getaffinity(0)))
-    log(f"decoding {len(items)} images with {workers} process(es)")
+    log(f"[csg_jax.data] decoding {len(items)} images with {workers} process(es)")
     jobs = _chunks((role, row, rel, payload(rel)) for role, row, rel in order(items))
 
     def check(job_failures: list[tuple[str, str, str]]) -> None:
@@ -269,7 +267,7 @@ def _build(tmp: str, cfg, path: str, roles: dict[str, str], listing) -> dict:
     sizes[role] = int(keep.sum())
   seconds = time.perf_counter() - start
   if failed:
-    log(f"skipped {len(failed)} unreadable image(s), e.g. {_display(cfg.path, failures[0][0])}")
+    log(f"[csg_jax.data] skipped {len(failed)} unreadable image(s), e.g. {_display(cfg.path, failures[0][0])}")
   return dict(class_names=list(class_names), image_shape=[height, width, 3], sizes=sizes,
               skipped=sorted([rel, reason] for rel, _, reason in failures),
               source=cfg.path, build_seconds=seconds)
@@ -316,7 +314,7 @@ def _run_jobs(jobs: Iterator[list[_Item]], out_paths: dict[str, str], hw: tuple[
     done += count
     if time.perf_counter() - last > _PROGRESS_SECONDS and done < total:
       last = time.perf_counter()
-      log(f"decoded {done}/{total} images ({done / (last - start):.0f}/s)")
+      log(f"[csg_jax.data] decoded {done}/{total} images ({done / (last - start):.0f}/s)")
 
   if workers == 1:
     try:
@@ -369,14 +367,13 @@ def _decode_job(out_paths: dict[str, str], hw: tuple[int, int], size: int | None
 def _drop_rows(path: str, keep: np.ndarray, block: int = 4096) -> None:
   """Rewrites the .npy at `path` without the rows where keep is False, in bounded memory."""
   old = np.load(path, mmap_mode="r")
-  new_path = path + ".compact.npy"
-  new = np.lib.format.open_memmap(new_path, mode="w+", dtype=old.dtype,
-                                  shape=(int(keep.sum()),) + old.shape[1:])
-  written = 0
-  for lo in range(0, len(old), block):
-    rows = old[lo:lo + block][keep[lo:lo + block]]
-    new[written:written + len(rows)] = rows
-    written += len(rows)
-  new.flush()
-  del old, new
-  os.replace(new_path, path)
+  with fileio.atomic_file(path, suffix=".npy") as new_path:
+    new = np.lib.format.open_memmap(new_path, mode="w+", dtype=old.dtype,
+                                    shape=(int(keep.sum()),) + old.shape[1:])
+    written = 0
+    for lo in range(0, len(old), block):
+      rows = old[lo:lo + block][keep[lo:lo + block]]
+      new[written:written + len(rows)] = rows
+      written += len(rows)
+    new.flush()
+    del old, new

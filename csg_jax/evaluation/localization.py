@@ -29,6 +29,7 @@ IoU is 0 where prediction and mask are both empty (the released code would divid
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence
@@ -39,6 +40,7 @@ import ml_collections
 import numpy as np
 
 from csg_jax.errors import CSGError
+from csg_jax.log import log
 
 METHODS = ("gradmap", "cam", "activmap")
 _RADIX_BITS = (11, 11, 10)  # bits 31..21, 20..10, 9..0 of the float32 pattern
@@ -149,14 +151,21 @@ def top_fraction_mask(maps: jnp.ndarray, fraction: float) -> jnp.ndarray:
   return maps >= kth[..., None, None]
 
 
-def gradmap_binarize(grads: jnp.ndarray, blur_h: jnp.ndarray, blur_w: jnp.ndarray,
-                     threshold: float) -> jnp.ndarray:
-  """[..., H, W, C] input gradients -> boolean GradMap masks [..., H, W]."""
+def gradmap_map(grads: jnp.ndarray, blur_h: jnp.ndarray, blur_w: jnp.ndarray) -> jnp.ndarray:
+  """[..., H, W, C] input gradients -> GradMap's RMS-normalised, blurred map [..., H, W].
+
+  The one implementation: the metric and the example figure both threshold this map.
+  """
   g = jnp.sqrt(jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=-1))
   rms = jnp.sqrt(jnp.mean(jnp.square(g), axis=(-2, -1), keepdims=True))
   g = jnp.where(rms > 0, g / jnp.where(rms > 0, rms, 1.0), 0.0)
-  g = jnp.einsum("yh,...hw,xw->...yx", blur_h, g, blur_w)
-  return g > threshold
+  return jnp.einsum("yh,...hw,xw->...yx", blur_h, g, blur_w)
+
+
+def gradmap_binarize(grads: jnp.ndarray, blur_h: jnp.ndarray, blur_w: jnp.ndarray,
+                     threshold: float) -> jnp.ndarray:
+  """[..., H, W, C] input gradients -> boolean GradMap masks [..., H, W]."""
+  return gradmap_map(grads, blur_h, blur_w) > threshold
 
 
 def radix_digit(values: jnp.ndarray, level: int) -> jnp.ndarray:
@@ -202,15 +211,15 @@ def prefix_to_float(prefix: np.ndarray) -> np.ndarray:
   return prefix.astype(np.uint32).view(np.float32)
 
 
-def kth_largest_reference(values: np.ndarray, fraction: float) -> np.ndarray:
-  """The released computation: per column of values [M, K], its int(fraction·M)-th largest."""
-  count = max(1, int(fraction * values.shape[0]))
-  return np.sort(values, axis=0)[-count]
-
-
 # ---------------------------------------------------------------------------------------------
 # The streamed evaluation.
 # ---------------------------------------------------------------------------------------------
+
+
+def _pooled(model, variables, images):
+  """(pooled activations [B, K], feature map [B, h, w, K]), float32: what every map starts from."""
+  fmap = model.apply(variables, images, train=False)["feature_map"].astype(jnp.float32)
+  return fmap.mean(axis=(1, 2)), fmap
 
 
 class _Fns:
@@ -226,10 +235,7 @@ class _Fns:
     self.up_h = jnp.asarray(bilinear_matrix(h, map_hw[0]))
     self.up_w = jnp.asarray(bilinear_matrix(w, map_hw[1]))
     k = num_filters_total
-
-    def pooled(variables, images):
-      fmap = model.apply(variables, images, train=False)["feature_map"].astype(jnp.float32)
-      return fmap.mean(axis=(1, 2)), fmap
+    pooled = functools.partial(_pooled, model)
 
     def profile_step(variables, images, labels, valid):
       """Per-class sums of pooled activations, and the first radix histogram."""
@@ -302,8 +308,7 @@ class _Fns:
 def evaluate_localization(model, variables, batches: Callable[[], Iterable[Dict[str, np.ndarray]]],
                           *, num_classes: int, image_hw: Sequence[int], config=None,
                           class_names: Optional[Sequence[str]] = None,
-                          put: Callable[[Any], Any] = jax.device_put,
-                          log: Callable[[str], None] = print) -> Dict[str, Any]:
+                          put: Callable[[Any], Any] = jax.device_put) -> Dict[str, Any]:
   """Runs every method in `config.methods` over the batches; returns the summary dict.
 
   Args:
@@ -486,11 +491,7 @@ def example_maps(model, variables, dataset, data_config, object_masks: np.ndarra
   images = jnp.asarray(augment.normalize(raw, data_config.mean, data_config.std))
   h, w = raw.shape[1:3]
 
-  def pooled(x):
-    fmap = model.apply(variables, x, train=False)["feature_map"].astype(jnp.float32)
-    return fmap.mean(axis=(1, 2)), fmap
-
-  _, vjp_fn, fmap = jax.vjp(pooled, images, has_aux=True)
+  _, vjp_fn, fmap = jax.vjp(lambda x: _pooled(model, variables, x), images, has_aux=True)
   up_h, up_w = bilinear_matrix(h, fmap.shape[1]), bilinear_matrix(w, fmap.shape[2])
   kernel = variables["params"]["head"]["kernel"].astype(jnp.float32)
   cam = jnp.einsum("yh,bhwk,bk,xw->byx", up_h, fmap, kernel[:, labels].T, up_w)
@@ -504,10 +505,8 @@ def example_maps(model, variables, dataset, data_config, object_masks: np.ndarra
     sigma = blur_sigma(cfg, max(h, w))
     bh = gaussian_blur_matrix(h, sigma, cfg.gradmap_kernel_size)
     bw = gaussian_blur_matrix(w, sigma, cfg.gradmap_kernel_size)
-    g = jnp.sqrt(jnp.sum(jnp.square(grads), -1))
-    g = g / jnp.maximum(jnp.sqrt(jnp.mean(jnp.square(g), (-2, -1), keepdims=True)), 1e-30)
     out["filter"] = np.asarray(chosen)
-    out["gradmap"] = np.asarray(jnp.einsum("yh,bhw,xw->byx", bh, g, bw))
+    out["gradmap"] = np.asarray(gradmap_map(grads, jnp.asarray(bh), jnp.asarray(bw)))
     out["gradmap_mask"] = out["gradmap"] > cfg.gradmap_threshold
     if thresholds is not None:
       maps = jnp.take_along_axis(fmap, chosen[:, None, None, None], axis=-1)[..., 0]
@@ -516,38 +515,3 @@ def example_maps(model, variables, dataset, data_config, object_masks: np.ndarra
       out["activmap_mask"] = np.asarray(act >= jnp.asarray(thresholds)[chosen][:, None, None])
   return out
 
-
-def examples_figure(examples: Dict[str, np.ndarray], class_names: Sequence[str], path: str,
-                    title: str = "") -> None:
-  """Rows of image | object mask | CAM | GradMap | ActivMap, each map outlined where kept."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  cols = [("object mask", "object_mask", None), ("CAM (top 30 %)", "cam", "cam_mask"),
-          ("GradMap (top filter)", "gradmap", "gradmap_mask"),
-          ("ActivMap (top filter)", "activmap", "activmap_mask")]
-  cols = [c for c in cols if c[1] in examples]
-  n = len(examples["label"])
-  fig, axes = plt.subplots(n, 1 + len(cols), figsize=(1.9 * (1 + len(cols)), 1.9 * n),
-                           squeeze=False)
-  for i in range(n):
-    axes[i, 0].imshow(examples["image"][i])
-    axes[i, 0].set_ylabel(class_names[examples["label"][i]], fontsize=8)
-    for j, (name, key, mask_key) in enumerate(cols, start=1):
-      ax = axes[i, j]
-      ax.imshow(examples[key][i], cmap="gray" if mask_key is None else "viridis")
-      if mask_key is not None:
-        ax.contour(examples[mask_key][i].astype(float), levels=[0.5], colors="red",
-                   linewidths=0.8)
-        ax.contour(examples["object_mask"][i].astype(float), levels=[0.5], colors="white",
-                   linewidths=0.6, linestyles="dashed")
-      if i == 0:
-        ax.set_title(name, fontsize=8)
-  for ax in axes.ravel():
-    ax.set_xticks([])
-    ax.set_yticks([])
-  if title:
-    fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)

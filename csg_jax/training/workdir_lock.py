@@ -10,6 +10,7 @@ import socket
 from typing import Optional
 
 from csg_jax.errors import CSGError
+from csg_jax.log import log
 
 LOCK_NAME = "run.lock"
 
@@ -52,8 +53,8 @@ class WorkdirLock:
           raise CSGError(
               f"this workdir is locked by pid {owner.get('pid')} on host {owner.get('host')}, "
               f"which cannot be checked from here; if that run is gone, delete {self.path}")
-        print(f"Taking over a stale lock of pid {owner.get('pid') if owner else '?'} "
-              f"({self.path})", flush=True)
+        log(f"Taking over a stale lock of pid {owner.get('pid') if owner else '?'} "
+            f"({self.path})")
         try:
           os.remove(self.path)
         except FileNotFoundError:

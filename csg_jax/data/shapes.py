@@ -7,7 +7,7 @@ small dots) that are no shape of any class.
 Everything is drawn with vectorised numpy (2x2 supersampled coverage), deterministically from the
 seed, so a data set can be regenerated bit for bit anywhere:
 
-  python -m csg_jax.shapes --root data/shapes32 --num_train 4000 --num_test 1000
+  python launch/build_shapes.py --root data/shapes32 --num_train 4000 --num_test 1000
 
 Layout (what the `folder` data source reads, plus the masks):
 
@@ -21,10 +21,8 @@ sorted, then relative path; the zero-padded file names sort numerically).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import time
 
 import numpy as np
 from PIL import Image
@@ -120,7 +118,7 @@ def load_masks(root: str, split: str = "test") -> np.ndarray:
   path = os.path.join(root, "masks", f"{split}.npy")
   if not os.path.exists(path):
     raise CSGError(f"no object masks at {path}: generate the data set with "
-                   "`python -m csg_jax.shapes --root ...` (or build VOC Part with masks)")
+                   "`python launch/build_shapes.py --root ...` (or build VOC Part with masks)")
   return np.load(path, mmap_mode="r")
 
 
@@ -283,28 +281,3 @@ def _object_colour(rng: np.random.Generator, n: int) -> np.ndarray:
   (chance level after 30 000 samples in our runs): the object is kept lighter than the scene.
   """
   return rng.uniform(0.6, 1.0, (n, 3)).astype(np.float32)
-
-
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--root", required=True, help="output folder")
-  parser.add_argument("--num_train", type=int, default=4000)
-  parser.add_argument("--num_test", type=int, default=1000)
-  parser.add_argument("--image_size", type=int, default=32)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--overwrite", action="store_true", help="replace other content at --root")
-  args = parser.parse_args(argv)
-  from csg_jax import cli  # pylint: disable=g-import-not-at-top
-  with cli.user_errors():
-    start = time.perf_counter()
-    meta = write_shapes_dataset(args.root, num_train=args.num_train, num_test=args.num_test,
-                                image_size=args.image_size, seed=args.seed,
-                                overwrite=args.overwrite)
-    print(f"shapes data set at {args.root}: {meta['num_train']} train / {meta['num_test']} test "
-          f"images of {meta['image_size']}x{meta['image_size']}, classes "
-          f"{', '.join(CLASS_NAMES)}; train mean {meta.get('mean')} std {meta.get('std')} "
-          f"({time.perf_counter() - start:.1f} s)", flush=True)
-
-
-if __name__ == "__main__":
-  main()

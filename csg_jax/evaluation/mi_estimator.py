@@ -1,4 +1,4 @@
-"""Interpretability metrics: the mutual information score (MIS) and filter-class assignment.
+"""The mutual-information estimator behind MIS: sklearn's kNN estimator, exactly, for all classes.
 
 `mutual_information_matrix` reproduces, for every class c, exactly what
 `sklearn.feature_selection.mutual_info_classif(features, labels == c, n_neighbors=3,
@@ -67,7 +67,7 @@ _OVERFLOW_CAP_FRACTION = 8
 
 
 # ---------------------------------------------------------------------------------------------
-# Public API.
+# The estimator.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -119,65 +119,20 @@ def mutual_information_matrix(
   return mi
 
 
-def mis(mi_matrix) -> float:
-  """Mutual information score: mean over filters of the max over classes of M[c, k]."""
-  m = np.asarray(mi_matrix, dtype=np.float64)
-  if m.ndim != 2 or m.shape[0] == 0 or m.shape[1] == 0:
-    raise CSGError(f"mis() needs a non-empty [num_classes, num_filters] matrix, got shape "
-                   f"{m.shape}.")
-  if not np.all(np.isfinite(m)):
-    raise CSGError("mis() got a mutual-information matrix with NaN or inf entries.")
-  return float(np.mean(np.max(m, axis=0)))
-
-
-def assigned_class_from_gate(gates) -> np.ndarray:
-  """[K] class each filter is assigned to: argmax over classes of the gate G [C, K]."""
-  return _argmax_over_classes(gates, "gates")
-
-
-def assigned_class_from_mi(mi_matrix) -> np.ndarray:
-  """[K] class each filter is most informative about: argmax over classes of M [C, K]."""
-  return _argmax_over_classes(mi_matrix, "mi_matrix")
-
-
-def filters_per_class(assigned, num_classes: int) -> np.ndarray:
-  """[C] number of filters assigned to each class."""
-  a = np.asarray(assigned)
-  _check_num_classes(num_classes)
-  if a.ndim != 1:
-    raise CSGError(f"filters_per_class() needs a [num_filters] vector, got shape {a.shape}.")
-  if a.size and not np.issubdtype(a.dtype, np.integer):
-    raise CSGError(f"filters_per_class() needs integer class ids, got dtype {a.dtype}.")
-  if a.size and (a.min() < 0 or a.max() >= num_classes):
-    raise CSGError(f"filters_per_class(): class ids must be in [0, {num_classes}), got "
-                   f"[{a.min()}, {a.max()}].")
-  return np.bincount(a.astype(np.int64), minlength=num_classes)
-
-
 # ---------------------------------------------------------------------------------------------
 # Input checks.
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_num_classes(num_classes) -> None:
+def check_num_classes(num_classes) -> None:
   if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or (
       num_classes < 1):
     raise CSGError(f"num_classes must be a positive int, got {num_classes!r}.")
 
 
-def _argmax_over_classes(m, name: str) -> np.ndarray:
-  m = np.asarray(m)
-  if m.ndim != 2 or m.shape[0] == 0:
-    raise CSGError(f"{name} must be a [num_classes, num_filters] matrix with at least one "
-                   f"class, got shape {m.shape}.")
-  if m.size and np.any(np.isnan(m)):
-    raise CSGError(f"{name} contains NaN; the assigned class would be arbitrary.")
-  return np.argmax(m, axis=0)
-
-
 def _check_mi_inputs(features, labels, num_classes, n_neighbors, seed, chunk_size):
   """Returns (features [N, K] as a numpy array, labels [N] int64) or raises CSGError."""
-  _check_num_classes(num_classes)
+  check_num_classes(num_classes)
   if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) or (
       n_neighbors < 1):
     raise CSGError(f"n_neighbors must be an int >= 1, got {n_neighbors!r}.")

@@ -72,9 +72,3 @@ def to_global(local_batch, mesh: Mesh):
   sharding = batch_sharding(mesh)
   return jax.tree_util.tree_map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
-
-
-def print_main(message: str) -> None:
-  """Prints once per run, from process 0, so several processes don't repeat every line."""
-  if jax.process_index() == 0:
-    print(message, flush=True)

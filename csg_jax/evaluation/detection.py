@@ -16,7 +16,7 @@ The paper released no detector; csg_jax's protocol (docs/applications.md):
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import ml_collections
 import numpy as np
@@ -154,35 +154,3 @@ def evaluate_detection(clean: Mapping[str, np.ndarray], attacked: Mapping[str, n
                                   "num_clean": int(len(ev_c)), "num_adversarial": int(len(ev_a))}
   return out
 
-
-def roc_figure(panels: Mapping[str, Mapping[str, Tuple[np.ndarray, np.ndarray, float]]],
-               path: str, title: str = "") -> None:
-  """One ROC panel per key of `panels` ({curve label: (fpr, tpr, auc)}), saved as a PNG."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  names = list(panels)
-  cols = min(3, max(1, len(names)))
-  rows = (len(names) + cols - 1) // cols
-  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.0 * rows), squeeze=False)
-  for ax, name in zip(axes.ravel(), names):
-    curves = [(label, c) for label, c in panels[name].items() if len(c[0])]
-    for label, (fpr, tpr, auc) in curves:
-      ax.plot(fpr, tpr, label=f"{label} (AUC {auc:.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set(title=name, xlabel="false positive rate", ylabel="true positive rate",
-           xlim=(0, 1), ylim=(0, 1.01))
-    if curves:
-      ax.legend(fontsize=7, loc="lower right")
-  for ax in axes.ravel()[len(names):]:
-    ax.axis("off")
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def detector_names(has_gate: bool) -> Sequence[str]:
-  return (("gate_consistency",) if has_gate else ()) + ("profile_consistency",
-                                                         "logistic_regression")

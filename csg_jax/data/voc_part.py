@@ -37,6 +37,7 @@ from scipy import io as scipy_io
 
 from csg_jax import fileio
 from csg_jax.errors import CSGError
+from csg_jax.log import log
 
 ANIMALS = ("bird", "cat", "cow", "dog", "horse", "sheep")
 # The released merge of Pascal-Part's fine parts into groups (preprocess.py, Part_dict).
@@ -161,8 +162,7 @@ def _jpeg_dir(voc_root: str) -> str:
 
 
 def build_voc_part(voc_root: str, annotations_dir: str, out_root: str, *, size: int = 128,
-                   seed: int = 0, overwrite: bool = False,
-                   log: Callable[[str], None] = print) -> dict:
+                   seed: int = 0, overwrite: bool = False) -> dict:
   """Builds the crops, masks and part masks under `out_root`; returns the meta.json dict."""
   if not os.path.isdir(annotations_dir):
     raise CSGError(f"annotations_dir {annotations_dir!r} is not a folder: pass Pascal-Part's "

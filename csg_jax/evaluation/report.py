@@ -14,20 +14,12 @@ import jax
 import numpy as np
 
 from csg_jax import fileio
-from csg_jax import metrics as metrics_lib
-from csg_jax import plots
-from csg_jax import train
-
-
-def mi_ceiling(labels: np.ndarray, num_classes: int) -> float:
-  """The largest MI any filter can have with a class indicator: max_c H(1[y = c]), in nats.
-
-  A property of the test labels alone, so STD and CSG runs on the same data share it as the top
-  of their colour and histogram scales.
-  """
-  p = np.bincount(labels, minlength=num_classes) / max(len(labels), 1)
-  p = p[(p > 0) & (p < 1)]
-  return float(np.max(-p * np.log(p) - (1 - p) * np.log(1 - p))) if p.size else 1.0
+from csg_jax.evaluation import mis as mis_lib
+from csg_jax.evaluation import plots
+from csg_jax.evaluation import predict
+from csg_jax.log import log
+from csg_jax.training import loop
+from csg_jax.training import run as run_lib
 
 
 def _per_class(values, class_names) -> Dict[str, Any]:
@@ -45,18 +37,18 @@ class Evaluation:
 
 def evaluate_workdir(workdir: str, *, split: str = "test") -> Evaluation:
   """Evaluates a trained run and writes its report and figures under <workdir>/eval."""
-  run = train.load_run(workdir)
-  eval_fn = train.make_eval_fn(run.model, run.mesh)
-  result = train.evaluate(eval_fn, run.state, run.dataset, run.config, run.mesh, split)
+  run = run_lib.load_run(workdir)
+  eval_fn = predict.make_eval_fn(run.model, run.mesh)
+  result = predict.evaluate(eval_fn, run.state, run.dataset, run.config, run.mesh, split)
   gate = run.state.host_gate()
-  summary = train.summarize_eval(result, run.dataset.num_classes, gate, run.config.seed)
+  summary = predict.summarize_eval(result, run.dataset.num_classes, gate, run.config.seed)
   mi = summary["mi_matrix"]
   names = list(run.dataset.class_names)
   num_classes = run.dataset.num_classes
-  ceiling = mi_ceiling(result["label"], num_classes)
-  by_mi = metrics_lib.filters_per_class(metrics_lib.assigned_class_from_mi(mi), num_classes)
-  by_gate = (None if gate is None else metrics_lib.filters_per_class(
-      metrics_lib.assigned_class_from_gate(gate), num_classes))
+  ceiling = mis_lib.mi_ceiling(result["label"], num_classes)
+  by_mi = mis_lib.filters_per_class(mis_lib.assigned_class_from_mi(mi), num_classes)
+  by_gate = (None if gate is None else mis_lib.filters_per_class(
+      mis_lib.assigned_class_from_gate(gate), num_classes))
 
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
@@ -121,4 +113,24 @@ def write_comparison(root: str, evaluations: Mapping[str, Evaluation]) -> str:
   path = os.path.join(root, "compare.md")
   with open(path, "w") as f:
     f.write(comparison_markdown({k: e.report for k, e in evaluations.items()}, "compare.png"))
+  return path
+
+
+def train_and_compare(config, root: str) -> str:
+  """Trains `config` as STD in <root>/std and as CSG in <root>/csg (same seed), evaluates both,
+  and writes <root>/compare.md and compare.png; returns the .md path."""
+  evaluations = {}
+  for method in ("std", "csg"):
+    run_config = config.copy_and_resolve_references()
+    run_config.unlock()
+    run_config.method = method
+    workdir = os.path.join(root, method)
+    log(f"== {method.upper()} run in {workdir}")
+    log(loop.summary_line(loop.train_and_evaluate(run_config, workdir), workdir))
+    evaluations[method] = evaluate_workdir(workdir)
+  path = write_comparison(root, evaluations)
+  std, csg = evaluations["std"].report, evaluations["csg"].report
+  log(f"STD: accuracy {std['accuracy']:.4f}, MIS {std['mis']:.4f} | CSG: accuracy "
+      f"{csg['accuracy']:.4f}, MIS {csg['mis']:.4f}, density {csg['gate_density']:.4f}; "
+      f"table in {path}")
   return path

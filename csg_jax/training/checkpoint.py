@@ -16,7 +16,8 @@ from typing import Any, Dict, Optional, Tuple
 import jax
 import orbax.checkpoint as ocp
 
-from csg_jax import parallel
+from csg_jax import fileio
+from csg_jax.log import log
 from csg_jax.errors import CSGError
 
 
@@ -71,10 +72,7 @@ class Checkpointer:
     for step in steps:
       path = self._manifest_path(step)
       if not os.path.exists(path):
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-          json.dump(_file_hashes(os.path.join(self.directory, str(step))), f, indent=1)
-        os.replace(tmp, path)
+        fileio.write_json_atomic(path, _file_hashes(os.path.join(self.directory, str(step))))
     for name in os.listdir(self.manifests):
       if name.endswith(".json") and name[:-5].isdigit() and int(name[:-5]) not in steps:
         os.remove(os.path.join(self.manifests, name))
@@ -108,17 +106,14 @@ class Checkpointer:
           # reason to fall back to the previous one, reported; not a reason to crash here.
           reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
       errors.append(f"step {step}: {reason}")
-      parallel.print_main(f"warning: checkpoint at step {step} is unusable ({reason[:300]}); "
-                          "trying the previous one")
+      log(f"warning: checkpoint at step {step} is unusable ({reason[:300]}); "
+          "trying the previous one")
     if steps:
       raise CSGError(
           f"none of the {len(steps)} checkpoints in {self.directory} could be restored "
           f"({'; '.join(e[:200] for e in errors)}). Refusing to restart from step 0 over them: "
           "use a new --workdir, or move the checkpoints away if the config changed on purpose.")
     return None, None
-
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._write_manifests()

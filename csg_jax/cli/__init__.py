@@ -1,0 +1,169 @@
+"""The command-line launchers (one module per command) and what they share: flag parsing, the
+default config, user-facing errors as one line with exit status 2, workdir checks, the summary.
+
+Each command module defines its flags and `main(argv)`; its `run()` is the console entry point
+(csg-train, csg-evaluate, ...), also reached through the launch/<command>.py shims.
+"""
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from typing import Callable, List, Sequence, Tuple
+
+import csg_jax
+from csg_jax.errors import CSGError
+
+# configs/ sits next to the csg_jax package, in a checkout and in an editable install alike.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(csg_jax.__file__))),
+                              "configs", "default.py")
+
+# Where the fields of each config-valued flag are defined, for the "no such field" message.
+_FIELDS_DEFINED_IN = {"config": "csg_jax/config.py and csg_jax/data/config.py",
+                      "app": "app_config() of csg_jax/evaluation/applications.py"}
+# --config.csg.gate.init=0.5 -> ("config", "csg.gate.init")
+_OVERRIDE = re.compile(r"^--?(\w+)\.([\w.]+)")
+
+
+def define_config_flag(default_path: str = DEFAULT_CONFIG):
+  """--config: a config file whose fields --config.<field>=<value> overrides."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  # config_flags reads the overrides while the flag is defined: a bad one must be one line too.
+  with config_errors():
+    return config_flags.DEFINE_config_file(
+        "config", default_path, "Config file; override any field with --config.<field>=<value>.",
+        lock_config=True)
+
+
+def _first_line(error: BaseException) -> str:
+  """The informative part of ml_collections' multi-line loading errors."""
+  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+  detail = next((l for l in lines if "Errno" in l or "Error" in l), lines[-1] if lines else "")
+  path = next((l for l in lines if l.endswith(".py")), "")
+  return f"{path}: {detail}" if path and path not in detail else detail or type(error).__name__
+
+
+def _missing_field(error: BaseException) -> Tuple[str, str, str]:
+  """(flag, field, hint) of an override naming no field.
+
+  ml_collections raises an AttributeError around a KeyError whose text is the quoted last part
+  of the name, then maybe a line 'Did you mean ...'; the full dotted name is the override's.
+  """
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  lines = [l.strip() for l in str(error.args[0] if error.args else "").splitlines() if l.strip()]
+  leaf = lines[0].strip("\"'") if lines else type(error).__name__
+  for arg in sys.argv[1:]:
+    match = _OVERRIDE.match(arg)
+    if match and leaf in match.group(2).split("."):
+      return match.group(1), match.group(2), " ".join(lines[1:])
+  return "config", leaf, " ".join(lines[1:])
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+@contextlib.contextmanager
+def config_errors():
+  """A config file that does not load, or an override naming no field, becomes one line."""
+  try:
+    yield
+  except (AttributeError, KeyError) as e:
+    flag, field, hint = _missing_field(e)
+    if flag == "config":
+      from csg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+      renamed = config_lib.renamed_field_message(field)
+      if renamed:
+        _fail(f"there is no config field named {field!r}{renamed}")
+    where = f"the fields are listed in {_FIELDS_DEFINED_IN.get(flag, f'the --{flag} default')}"
+    if hint:  # ml_collections' 'Did you mean "x" instead of "y"?'
+      _fail(f"there is no {flag} field named {field!r}; {hint[:1].lower()}{hint[1:]} ({where})")
+    _fail(f"there is no {flag} field named {field!r} (check the --{flag}.<field> overrides; "
+          f"{where})")
+  except (OSError, TypeError, ValueError, SyntaxError, ImportError, CSGError) as e:
+    _fail(f"cannot load the config: {_first_line(e)}")
+
+
+@contextlib.contextmanager
+def user_errors():
+  """A CSGError becomes one line on stderr and exit status 2, not a traceback."""
+  try:
+    yield
+  except CSGError as e:
+    _fail(str(e))
+
+
+def parse_flags(argv: Sequence[str]) -> List[str]:
+  """absl's flag parsing, with config and flag errors as one line and exit status 2."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  with config_errors():
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      _fail(f"{e} (see --helpfull)")
+    except SystemExit as e:
+      # absl's --help, --helpfull and --helpxml print what was asked for, then exit 1: asking
+      # for help is no error.
+      sys.exit(0 if e.code == 1 else e.code)
+
+
+def start(argv: Sequence[str], config_flag=None):
+  """What every main does first: refuses stray arguments, keeps library INFO logs out of the
+  progress output, and returns the loaded config of `config_flag` (None without one)."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value; see "
+          "--help)")
+  logging.set_verbosity(logging.WARNING)
+  if config_flag is None:
+    return None
+  with config_errors():
+    config = config_flag.value
+    config.to_dict()  # a config file that failed to load only says so when first touched
+  return config
+
+
+def run(main: Callable[[List[str]], None]) -> None:
+  """absl.app.run(main) with parse_flags; --help shows the command's docstring and flags.
+
+  absl's help describes the __main__ module, which is a shim or console script here: the command
+  module's flags (and --config, defined in this module) become its key flags, and its docstring
+  the usage text.
+  """
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  command = main.__module__
+  if command != "__main__":
+    for module in (command, __name__):
+      for flag in flags.FLAGS.get_flags_for_module(module):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    sys.modules["__main__"].__doc__ = sys.modules[command].__doc__
+  app.run(main, flags_parser=parse_flags)
+
+
+def default_workdir(config) -> str:
+  dataset = config.data.name if config.data.source == "tfds" else config.data.source
+  return os.path.join("workdirs", f"{dataset}_{config.model.name}_{config.method}")
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails early, before any work, when the workdir cannot be created or written."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise CSGError(f"--workdir {workdir!r} exists and is not a folder; choose another path")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
+      pass
+  except OSError as e:
+    raise CSGError(f"cannot write to --workdir {workdir!r} ({e.strerror}); choose a folder you "
+                   "can write to") from None
+
+
+def print_summary(results, workdir: str) -> None:
+  """The closing line of a training run."""
+  from csg_jax.log import log  # pylint: disable=g-import-not-at-top
+  from csg_jax.training import loop  # pylint: disable=g-import-not-at-top
+  log(loop.summary_line(results, workdir))

@@ -1,0 +1,33 @@
+r"""Trains (or reuses) STD and CSG runs with the same config and seed, evaluates both, compares.
+
+  csg-compare --workdir workdirs/compare
+  csg-compare --workdir W --config configs/cifar10_resnet20.py --config.num_epochs=2
+
+Runs go to <workdir>/std and <workdir>/csg (a finished run is reused, an interrupted one
+resumes); the paper's Table 1 form goes to <workdir>/compare.md with <workdir>/compare.png.
+From a checkout without `pip install -e .`: python launch/compare.py ...
+"""
+
+from absl import flags
+
+from csg_jax import cli
+
+_CONFIG = cli.define_config_flag()
+_WORKDIR = flags.DEFINE_string("workdir", "workdirs/compare",
+                               "Root folder: runs go to <workdir>/std and <workdir>/csg.")
+
+
+def main(argv):
+  config = cli.start(argv, _CONFIG)
+  with cli.user_errors():
+    from csg_jax.evaluation import report  # pylint: disable=g-import-not-at-top
+    cli.check_workdir(_WORKDIR.value)
+    report.train_and_compare(config, _WORKDIR.value)
+
+
+def run():
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

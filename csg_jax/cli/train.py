@@ -1,0 +1,44 @@
+r"""Trains a CSG (or STD) model and evaluates it.
+
+  csg-train                                     # the default: digits, CSG, CPU-friendly
+  csg-train --config configs/cifar10_resnet20.py --config.num_epochs=2 --workdir W
+
+Several processes (hand-launched; TPU pods and SLURM jobs are found automatically):
+  csg-train ... --coordinator_address host0:1234 --num_processes 2 --process_id 0
+
+From a checkout without `pip install -e .`: python launch/train.py ...
+"""
+
+from absl import flags
+
+from csg_jax import cli
+
+_CONFIG = cli.define_config_flag()
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where checkpoints, metrics and results go; a workdir holding checkpoints "
+    "resumes. Default: workdirs/<dataset>_<model>_<method> under the current folder.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for a manual multi-process launch.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a manual launch.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a manual launch.")
+
+
+def main(argv):
+  config = cli.start(argv, _CONFIG)
+  with cli.user_errors():
+    # Imported here so that --help and flag errors answer without loading the training stack.
+    from csg_jax import training  # pylint: disable=g-import-not-at-top
+    from csg_jax.training import parallel  # pylint: disable=g-import-not-at-top
+    workdir = _WORKDIR.value or cli.default_workdir(config)
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    cli.check_workdir(workdir)
+    results = training.train_and_evaluate(config, workdir)
+  cli.print_summary(results, workdir)
+
+
+def run():
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

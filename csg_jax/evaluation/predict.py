@@ -1,0 +1,65 @@
+"""The evaluation pass: STD-path predictions and pooled features over a split, and its summary
+(accuracy, per-class accuracy, the MI matrix, MIS, gate density)."""
+
+import functools
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import jax
+import numpy as np
+
+from csg_jax import data as data_lib
+from csg_jax import gate as gate_lib
+from csg_jax.evaluation import mis as mis_lib
+from csg_jax.training import parallel
+
+
+def eval_step(state, batch: Mapping[str, jax.Array], *, model) -> Dict[str, jax.Array]:
+  """STD-path predictions and pooled features (the features MIS is measured on).
+
+  Labels and the padding mask pass through, so the host sees the whole global batch.
+  """
+  outputs = model.apply(state.variables(), batch["image"], train=False)
+  return {"prediction": outputs["logits"].argmax(-1), "features": outputs["features"],
+          "label": batch["label"], "mask": batch["mask"]}
+
+
+def make_eval_fn(model, mesh) -> Callable:
+  return jax.jit(functools.partial(eval_step, model=model),
+                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+                 out_shardings=parallel.replicated(mesh))
+
+
+def evaluate(eval_fn, state, dataset, config, mesh, split: str = "test", *,
+             batch_size: Optional[int] = None) -> Dict[str, np.ndarray]:
+  """Runs eval_fn over every example of `split` once; returns its outputs for the real rows.
+
+  eval_fn(state, global batch) -> {..., 'mask'}: `make_eval_fn`'s STD path, or a wrapper of it
+  (the applications evaluate attacked images through it). batch_size: the global batch, by
+  default config.eval_batch_size (the attacks keep theirs: PGD's random starts are per batch).
+  """
+  chunks = []
+  for batch in data_lib.eval_batches(dataset, config.data, split=split,
+                                     global_batch_size=batch_size or config.eval_batch_size,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count()):
+    out = jax.device_get(eval_fn(state, parallel.to_global(batch, mesh)))
+    keep = np.asarray(out.pop("mask"), bool)
+    chunks.append({k: np.asarray(v)[keep] for k, v in out.items()})
+  return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def summarize_eval(result: Mapping[str, np.ndarray], num_classes: int, gate: Optional[np.ndarray],
+                   seed: int) -> Dict[str, Any]:
+  """Accuracy, per-class accuracy, the MI matrix [C, K], MIS and gate density of an evaluation."""
+  pred, labels = result["prediction"], result["label"]
+  per_class = [float((pred[labels == c] == c).mean()) if (labels == c).any() else None
+               for c in range(num_classes)]
+  mi = mis_lib.mutual_information_matrix(result["features"], labels, num_classes, seed=seed)
+  return {
+      "accuracy": float((pred == labels).mean()),
+      "per_class_accuracy": per_class,
+      "mi_matrix": mi,
+      "mis": float(mis_lib.mis(mi)),
+      "gate_density": None if gate is None else float(gate_lib.l1_density(gate)),
+      "num_examples": int(labels.size),
+  }

@@ -1,0 +1,268 @@
+"""The training loop: a pure `train_step`, and `train_and_evaluate(config, workdir)`.
+
+Steps are `jax.jit`-compiled over a one-axis ("data") mesh of every device: the batch is sharded,
+the state replicated. A run on a workdir that holds checkpoints resumes from the newest good one;
+the batches it then sees are those the uninterrupted run would have seen (they are a function of
+(seed, step)).
+"""
+
+import contextlib
+import functools
+import json
+import os
+import time
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from csg_jax import config as config_lib
+from csg_jax import data as data_lib
+from csg_jax import fileio
+from csg_jax import gate as gate_lib
+from csg_jax import losses
+from csg_jax.errors import CSGError
+from csg_jax.evaluation import predict
+from csg_jax.log import log
+from csg_jax.training import checkpoint as checkpoint_lib
+from csg_jax.training import parallel
+from csg_jax.training import preemption
+from csg_jax.training import run as run_lib
+from csg_jax.training import state as state_lib
+from csg_jax.training import workdir_lock
+from csg_jax.training.metric_writer import MetricWriter
+from csg_jax.training.state import TrainState
+
+
+def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model,
+               tx: optax.GradientTransformation, phase: str, optimizer_name: str,
+               gated_loss_weight: float = 1.0, target_density: float = 1.0
+               ) -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
+  """One optimisation step of `phase` ("std", "joint" or "csg"), updating one optimiser state.
+
+  The gate's sparsity term is applied by its optax transform (in `tx`), not by the loss; the
+  logged `hinge` and `gate_density` are those of G after this step's update and projection.
+  """
+  images, labels = batch["image"], batch["label"]
+  gated = phase != "std"
+
+  def loss_fn(trainable):
+    variables = {"params": trainable["params"], **({"gates": trainable["gates"]}
+                                                   if trainable["gates"] else {})}
+    if state.batch_stats:
+      variables["batch_stats"] = state.batch_stats
+    outputs, updated = model.apply(variables, images, labels if gated else None, train=True,
+                                   mutable=["batch_stats"])
+    loss, metrics = losses.objective(outputs, labels, phase,
+                                     gated_loss_weight=gated_loss_weight)
+    return loss, (metrics, updated.get("batch_stats", {}))
+
+  trainable = state.trainable()
+  grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(trainable)
+  updates, opt_state = tx.update(grads, state.opt_state[optimizer_name], trainable)
+  trainable = optax.apply_updates(trainable, updates)
+  metrics["grad_norm"] = jnp.sqrt(sum(jnp.vdot(g, g) for g in jax.tree_util.tree_leaves(
+      grads["params"])))
+  gate = gate_lib.gate_values(trainable["gates"])
+  if gate is not None:
+    metrics["gate_finite"] = jnp.isfinite(gate).all().astype(jnp.float32)
+    if gated:
+      metrics["hinge"] = gate_lib.sparsity_hinge(gate, target_density)
+      metrics["gate_density"] = gate_lib.l1_density(gate)
+  new_state = state.replace(step=state.step + 1, params=trainable["params"],
+                            gates=trainable["gates"], batch_stats=batch_stats,
+                            opt_state={**state.opt_state, optimizer_name: opt_state})
+  return new_state, metrics
+
+
+def make_train_steps(setup: run_lib.RunSetup) -> Dict[str, Callable]:
+  """One jit-compiled train step per phase of the plan, sharded over the setup's mesh."""
+  repl, data = parallel.replicated(setup.mesh), parallel.batch_sharding(setup.mesh)
+  csg = setup.config.csg
+  steps = {}
+  for phase in setup.plan.phases:
+    name = setup.plan.optimizer_of_phase[phase]
+    fn = functools.partial(train_step, model=setup.model, tx=setup.optimizers[name], phase=phase,
+                           optimizer_name=name, gated_loss_weight=csg.gated_loss_weight,
+                           target_density=csg.gate.target_density)
+    steps[phase] = jax.jit(fn, in_shardings=(repl, data), out_shardings=(repl, repl),
+                           donate_argnums=0)
+  return steps
+
+
+class _Progress:
+  """Step, loss, accuracy, images/s and ETA on one line every `log_every_steps`."""
+
+  def __init__(self, total_steps: int, batch_size: int, start_step: int):
+    self.total, self.batch_size = total_steps, batch_size
+    self.last_step, self.last_time = start_step, time.perf_counter()
+
+  def line(self, step: int, means: Mapping[str, float], phase: str) -> str:
+    now = time.perf_counter()
+    steps = max(step - self.last_step, 1)
+    per_step = (now - self.last_time) / steps
+    self.last_step, self.last_time = step, now
+    eta = per_step * (self.total - step)
+    acc = means.get("accuracy_csg" if phase == "csg" else "accuracy", float("nan"))
+    extra = f" density {means['gate_density']:.3f}" if "gate_density" in means else ""
+    return (f"step {step}/{self.total} [{phase}] loss {means['loss']:.4f} acc {acc:.3f}{extra} "
+            f"| {self.batch_size / per_step:,.0f} img/s | ETA {eta / 60:.1f} min")
+
+
+def _check_finite(pending, last_checkpoint: Optional[int]) -> None:
+  for step, m in pending:
+    if not np.isfinite(m["loss"]) or m.get("gate_finite", 1.0) < 1.0:
+      what = "loss" if not np.isfinite(m["loss"]) else "gate"
+      where = (f"the last good checkpoint is step {last_checkpoint}" if last_checkpoint
+               else "no checkpoint was written")
+      raise CSGError(f"non-finite {what} at step {step + 1}; training stopped and no checkpoint "
+                     f"was written after it ({where}). Lower the learning rate "
+                     "(--config.optimizer.learning_rate) or enable gradient clipping "
+                     "(--config.optimizer.grad_clip_norm).")
+
+
+def _describe_run(setup: run_lib.RunSetup) -> str:
+  config = setup.config
+  method = config.method + (f"/{config.csg.schedule}" if config.method == "csg" else "")
+  return (f"Training {config.model.name} ({method}) on {setup.dataset.name}: "
+          f"{setup.plan.total_steps} steps of {config.batch_size} images on "
+          f"{setup.mesh.devices.size} device(s), {jax.process_count()} process(es)")
+
+
+def _config_changes(workdir: str, config) -> Sequence[str]:
+  """Fields that differ from the config the workdir was started with."""
+  if not os.path.exists(os.path.join(workdir, "config.json")):
+    return []
+  before = traverse_util.flatten_dict(run_lib.read_config(workdir).to_dict(), sep=".")
+  now = traverse_util.flatten_dict(json.loads(config.to_json()), sep=".")
+  return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+
+
+def _evaluate(setup: run_lib.RunSetup, eval_fn, state: TrainState) -> Dict[str, Any]:
+  result = predict.evaluate(eval_fn, state, setup.dataset, setup.config, setup.mesh)
+  return predict.summarize_eval(result, setup.dataset.num_classes, state.host_gate(),
+                                setup.config.seed)
+
+
+def train_and_evaluate(config, workdir: str, *,
+                       devices: Optional[Sequence[jax.Device]] = None) -> Dict[str, Any]:
+  """Trains (or resumes) the model in `config`, evaluates it, writes results.json; returns it.
+
+  Everything that can be checked is checked before the first file is written.
+  """
+  config_lib.validate(config)
+  setup = run_lib.build(config, devices=devices)
+  abstract = setup.abstract_state()
+  has_checkpoints = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
+      d.isdigit() for d in os.listdir(os.path.join(workdir, "checkpoints")))
+  pretrained = (state_lib.load_init_from(config.init_from, config.init_from_skip, abstract)
+                if config.init_from and not has_checkpoints else None)
+
+  os.makedirs(workdir, exist_ok=True)
+  lock = (workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0
+          else contextlib.nullcontext())
+  with lock:
+    checkpointer = checkpoint_lib.Checkpointer(workdir, every_steps=config.checkpoint_every_steps,
+                                               keep=config.keep_checkpoints)
+    state, start_step = checkpointer.restore_latest(abstract)
+    if state is None:
+      state = _start(setup, workdir, pretrained)
+      start_step = 0
+    else:
+      changes = _config_changes(workdir, config)
+      log(f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}"
+          f"{'; config fields changed since the start: ' + ', '.join(changes) if changes else ''}")
+    return _train(setup, workdir, checkpointer, state, start_step)
+
+
+def _start(setup: run_lib.RunSetup, workdir: str, pretrained) -> TrainState:
+  """A fresh state (from init_from's weights when given); config.json and dataset.json."""
+  repl = parallel.replicated(setup.mesh)
+  init = jax.jit(lambda r: state_lib.create_train_state(setup.model, setup.optimizers,
+                                                        setup.dataset.image_shape, r),
+                 out_shardings=repl)
+  state = init(setup.rng)
+  if pretrained:
+    state = jax.device_put(state_lib.apply_init_from(state, pretrained, setup.optimizers), repl)
+  if jax.process_index() == 0:
+    dataset = setup.dataset
+    fileio.write_json_atomic(os.path.join(workdir, "config.json"), setup.config.to_dict())
+    fileio.write_json_atomic(os.path.join(workdir, "dataset.json"),
+                             {"name": dataset.name, "class_names": list(dataset.class_names),
+                              "image_shape": list(dataset.image_shape)})
+  log(_describe_run(setup))
+  return state
+
+
+def _train(setup: run_lib.RunSetup, workdir: str, checkpointer, state: TrainState,
+           start_step: int) -> Dict[str, Any]:
+  """Steps from start_step to the end of the plan, then the final evaluation and results.json."""
+  config, plan, mesh = setup.config, setup.plan, setup.mesh
+  train_fns, eval_fn = make_train_steps(setup), predict.make_eval_fn(setup.model, mesh)
+  writer = MetricWriter(workdir)
+  progress = _Progress(plan.total_steps, config.batch_size, start_step)
+  batches = data_lib.train_batches(setup.dataset, config.data,
+                                   global_batch_size=config.batch_size, seed=config.seed,
+                                   start_step=start_step, process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+  last_checkpoint = checkpointer.latest_step()
+  pending = []
+  try:
+    with preemption.PreemptionWatcher() as watcher:
+      for step in range(start_step, plan.total_steps):
+        phase = plan.phase(step)
+        state, step_metrics = train_fns[phase](state, parallel.to_global(next(batches), mesh))
+        pending.append((step, step_metrics))
+        done = step + 1
+        log_now = done % config.log_every_steps == 0
+        stop = watcher.should_stop(done, sync_boundary=log_now)
+        save_now = stop or done == plan.total_steps or (
+            config.checkpoint_every_steps > 0 and done % config.checkpoint_every_steps == 0)
+        if save_now or log_now:
+          pending = jax.device_get(pending)
+          _check_finite(pending, last_checkpoint)  # never checkpoint a non-finite state
+          means = {k: float(np.mean([m[k] for _, m in pending if k in m]))
+                   for k in pending[-1][1] if k != "gate_finite"}
+          writer.write(done, f"train_{phase}" if phase != "joint" else "train", means)
+          log(progress.line(done, means, phase))
+          pending = []
+        if save_now and checkpointer.maybe_save(done, state,
+                                                force=stop or done == plan.total_steps):
+          last_checkpoint = done
+        if stop:
+          raise preemption.Preempted(
+              f"stopped by {watcher.signal_name} after step {done}; checkpoint saved in "
+              f"{os.path.join(checkpointer.directory, str(last_checkpoint))}. Run the same "
+              "command again to resume.")
+        if (config.eval_every_steps > 0 and done % config.eval_every_steps == 0
+            and done < plan.total_steps):
+          summary = _evaluate(setup, eval_fn, state)
+          writer.write(done, "test", {k: v for k, v in summary.items() if isinstance(v, float)})
+          log(f"  eval at step {done}: accuracy {summary['accuracy']:.4f} "
+              f"MIS {summary['mis']:.4f}")
+  finally:
+    checkpointer.close()
+    writer.flush()
+
+  summary = _evaluate(setup, eval_fn, state)
+  writer.write(plan.total_steps, "test",
+               {k: v for k, v in summary.items() if isinstance(v, float)})
+  writer.close()
+  results = {"method": config.method, "dataset": setup.dataset.name, "model": config.model.name,
+             "step": int(jax.device_get(state.step)), "accuracy": summary["accuracy"],
+             "mis": summary["mis"], "gate_density": summary["gate_density"]}
+  if jax.process_index() == 0:
+    fileio.write_json_atomic(os.path.join(workdir, "results.json"), results)
+  return results
+
+
+def summary_line(results: Mapping[str, Any], workdir: str) -> str:
+  """The closing line of a run: method, model, data, step, accuracy, MIS, density, results path."""
+  density = results["gate_density"]
+  density = "n/a (std)" if density is None else f"{density:.4f}"
+  return (f"done: {results['method']} {results['model']} on {results['dataset']} after step "
+          f"{results['step']}: accuracy {results['accuracy']:.4f}, MIS {results['mis']:.4f}, "
+          f"gate L1 density {density}; results in {os.path.join(workdir, 'results.json')}")

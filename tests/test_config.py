@@ -1,0 +1,97 @@
+"""Config fields: every field is commented, renamed fields are named, old workdirs still load."""
+
+import inspect
+import json
+import re
+
+import pytest
+
+from csg_jax import config as config_lib
+from csg_jax import training
+from csg_jax.errors import CSGError
+
+
+def _leaf_names(tree, prefix=""):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _leaf_names(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}"
+
+
+def test_every_base_field_has_a_comment():
+  source = inspect.getsource(config_lib.base_config)
+  for name in _leaf_names(config_lib.base_config().to_dict()):
+    if name.startswith("data."):
+      continue  # data fields are commented in csg_jax/data/config.py
+    leaf = name.rsplit(".", 1)[-1]
+    assert re.search(rf"\.{leaf} = .*  # \S", source), f"{name} has no one-line comment"
+
+
+def test_no_field_stutters_its_group():
+  for name in _leaf_names(config_lib.base_config().to_dict()):
+    *groups, leaf = name.split(".")
+    if name == "data.data_dir":
+      continue  # TFDS's own name for it
+    assert not any(leaf.startswith(g + "_") for g in groups), name
+
+
+def test_renamed_fields_point_to_existing_fields():
+  names = set(_leaf_names(config_lib.base_config().to_dict()))
+  for old, new in config_lib.RENAMED.items():
+    assert new in names and old not in names, (old, new)
+
+
+def test_upgrade_moves_every_old_name():
+  new = config_lib.base_config().to_dict()
+  inverse = {v: k for k, v in config_lib.RENAMED.items()}
+  # The same config spelled with the old names, built by hand from the renaming table.
+  old = {}
+  for name in _leaf_names(new):
+    value = new
+    for part in name.split("."):
+      value = value[part]
+    *parents, leaf = inverse.get(name, name).split(".")
+    node = old
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  assert "csg_weight" in old["csg"] and "gate" not in old["csg"]
+  assert json.dumps(config_lib.upgrade(old), sort_keys=True, default=str) == json.dumps(
+      new, sort_keys=True, default=str)
+
+
+@pytest.mark.parametrize("name", ["csg.target_density", "target_density"])
+def test_renamed_field_message_names_the_new_field(name):
+  assert "csg.gate.target_density" in config_lib.renamed_field_message(name)
+  assert config_lib.renamed_field_message("csg.no_such_field") == ""
+
+
+def test_old_field_in_a_config_is_one_line_error():
+  config = config_lib.base_config()
+  config.csg.csg_weight = 0.5  # what a config file of an earlier version does
+  with pytest.raises(CSGError, match=r"config\.csg\.csg_weight was renamed to "
+                     r"config\.csg\.gated_loss_weight"):
+    config_lib.validate(config)
+
+
+def test_workdir_of_an_earlier_version_loads(straight_run, tmp_path):
+  """A config.json written with the old names restores, its values under the new names."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "old"
+  shutil.copytree(straight_run[0], workdir)
+  saved = json.loads((workdir / "config.json").read_text())
+  csg = saved["csg"]
+  gate, alternate = csg.pop("gate"), csg.pop("alternate")
+  csg["csg_weight"] = csg.pop("gated_loss_weight")
+  csg.update({"gate_" + k if k in ("init", "optimizer", "learning_rate", "momentum") else k: v
+              for k, v in gate.items()})
+  csg["csg_optimizer"], csg["csg_learning_rate"] = alternate.pop("optimizer"), alternate.pop(
+      "learning_rate")
+  csg["csg_freeze"] = alternate.pop("freeze")
+  csg.update(alternate)
+  (workdir / "config.json").write_text(json.dumps(saved))
+  run = training.load_run(str(workdir))
+  assert run.step == straight_run[1]["step"]
+  assert run.config.csg.gate.target_density == gate["target_density"]
+  assert run.config.csg.gated_loss_weight == csg["csg_weight"]

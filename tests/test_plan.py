@@ -1,0 +1,72 @@
+"""The run plan: total steps, the phase of every step, each optimiser's role and step count.
+
+Expected values are worked out by hand from the rules in docs/csg-method.md (epoch of step s is
+floor(s * B / N); alternate: epoch e is a CSG epoch iff e >= warmup and e % period >= min_phase).
+"""
+
+import pytest
+
+from csg_jax.config import base_config
+from csg_jax.plan import OptimizerRole, Plan
+
+
+def _config(method="csg", schedule="joint", num_epochs=6.0, batch_size=10, **alternate):
+  config = base_config("digits")
+  config.update(method=method, num_epochs=num_epochs, batch_size=batch_size)
+  config.csg.schedule = schedule
+  config.csg.alternate.update(alternate)
+  return config
+
+
+def test_total_steps_rounds_up_partial_batches():
+  assert Plan.from_config(_config(num_epochs=1.0, batch_size=64), 1437).total_steps == 23
+  assert Plan.from_config(_config(num_epochs=2.5, batch_size=10), 100).total_steps == 25
+  assert Plan.from_config(_config(num_epochs=0.001, batch_size=10), 100).total_steps == 1
+
+
+def test_std_and_joint_use_one_optimizer():
+  std = Plan.from_config(_config(method="std"), 100)
+  assert std.phases == ("std",) and std.optimizer_of_phase == {"std": "main"}
+  assert std.optimizers == {"main": OptimizerRole("optimizer", False, 60)}
+  assert {std.phase(s) for s in range(60)} == {"std"}
+  joint = Plan.from_config(_config(), 100)
+  assert joint.phases == ("joint",)
+  assert joint.optimizers == {"main": OptimizerRole("optimizer", True, 60)}
+  assert {joint.phase(s) for s in range(60)} == {"joint"}
+
+
+def test_std_method_ignores_the_alternate_schedule():
+  plan = Plan.from_config(_config(method="std", schedule="alternate"), 100)
+  assert plan.phases == ("std",) and set(plan.optimizers) == {"main"}
+
+
+def test_alternate_epoch_rule_and_step_counts():
+  config = _config(schedule="alternate", warmup_epochs=2, period=3, min_phase=2)
+  plan = Plan.from_config(config, 100)
+  assert [e for e in range(12) if plan.is_csg_epoch(e)] == [2, 5, 8, 11]
+  # 100 examples, batches of 10: 10 steps an epoch; of epochs 0..5, epochs 2 and 5 are CSG.
+  phases = [plan.phase(s) for s in range(60)]
+  assert phases[19] == "std" and phases[20] == "csg" and phases[29] == "csg"
+  assert phases[30] == "std" and phases[50] == "csg"
+  assert phases.count("csg") == 20
+  assert plan.optimizers == {"std": OptimizerRole("optimizer", False, 40),
+                             "csg": OptimizerRole("alternate", True, 20)}
+  assert plan.optimizer_of_phase == {"std": "std", "csg": "csg"}
+
+
+def test_alternate_epochs_straddle_batches_by_examples():
+  # N = 25, B = 10: step s covers examples [10s, 10s + 10); epoch = floor(10s / 25).
+  plan = Plan.from_config(_config(schedule="alternate", num_epochs=4.0, warmup_epochs=1,
+                                  period=2, min_phase=1), 25)
+  assert plan.total_steps == 10
+  epochs = [plan.epoch(s) for s in range(10)]
+  assert epochs == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
+  assert [plan.phase(s) for s in range(10)] == ["std"] * 3 + ["csg"] * 2 + ["std"] * 3 + \
+      ["csg"] * 2
+
+
+@pytest.mark.parametrize("warmup", [0, 7])
+def test_every_alternate_step_is_counted_once(warmup):
+  plan = Plan.from_config(_config(schedule="alternate", warmup_epochs=warmup, period=3,
+                                  min_phase=1), 100)
+  assert sum(r.steps for r in plan.optimizers.values()) == plan.total_steps
