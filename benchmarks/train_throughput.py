@@ -1,18 +1,18 @@
 r"""Training throughput of csg_jax (STD and CSG steps) against a PyTorch re-statement.
 
-For each model: csg_jax's jit-compiled train step (`csg_jax.training.loop.make_train_steps`) for STD and CSG (the
-joint loss), and the PyTorch re-statement of the released step (benchmarks/torch_reference.py:
-the gate applied by a per-sample Python loop), same architecture, batch and input size, in this
-one process. Steps are timed after compilation/warm-up, one step per variant per round with the
-variant order rotating every round, so that load from other processes hits every variant alike;
-images/s are batch / median step time. The two ratios are medians of per-round ratios (steps a
-few seconds apart, under about the same load from other processes): "csg_over_std_time" is csg_jax
-CSG step time / STD step time, "jax_over_torch_speed" is csg_jax CSG images/s / PyTorch CSG
-images/s. On a CPU shared with other work, wall time mostly measures the others' load, so the
-same ratios are also given from this process's CPU time per step ("csg_over_std_cpu_time",
-"jax_over_torch_cpu_speed"; CPU backend only), and "csg_over_std_flops" from XLA's cost analysis
-of the two compiled steps, which no load disturbs. The last line printed is a JSON object keyed
-by model.
+For each model: csg_jax's jit-compiled train step (`training.loop.make_train_steps`) for STD and
+CSG (the joint loss), and the PyTorch re-statement of the released step
+(benchmarks/torch_reference.py: the gate applied by a per-sample Python loop), same architecture,
+batch and input size, in this one process. Steps are timed after compilation/warm-up, one step per
+variant per round with the variant order rotating every round, so that load from other processes
+hits every variant alike; images/s are batch / median step time. The two ratios are medians of
+per-round ratios (steps a few seconds apart, under about the same load from other processes):
+"csg_over_std_time" is csg_jax CSG step time / STD step time, "jax_over_torch_speed" is csg_jax CSG
+images/s / PyTorch CSG images/s. On a CPU shared with other work, wall time mostly measures the
+others' load, so the same ratios are also given from this process's CPU time per step
+("csg_over_std_cpu_time", "jax_over_torch_cpu_speed"; CPU backend only), and "csg_over_std_flops"
+from XLA's cost analysis of the two compiled steps, which no load disturbs. The last line printed
+is a JSON object keyed by model.
 
   python benchmarks/train_throughput.py                        # resnet20 and resnet50, CPU
   python benchmarks/train_throughput.py --models resnet20 --rounds 20
@@ -47,13 +47,14 @@ MODELS = {
 def jax_variants(name: str, size: int, batch: int, classes: int, seed: int):
   """{"jax_std": step(), "jax_csg": step()}, the parameter count, XLA's cost analyses.
 
-  The steps are those `csg_jax.training.loop.make_train_steps` returns, compiled ahead for these shapes.
+  The steps are those `training.loop.make_train_steps` returns, compiled ahead for these shapes.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from configs import cifar10_resnet20  # pylint: disable=g-import-not-at-top
   from csg_jax import models, optimizer  # pylint: disable=g-import-not-at-top
   from csg_jax.plan import Plan  # pylint: disable=g-import-not-at-top
-  from csg_jax.training import loop, parallel, run, state as state_lib  # pylint: disable=g-import-not-at-top
+  from csg_jax.training import loop, parallel, run  # pylint: disable=g-import-not-at-top
+  from csg_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
 
   mesh = parallel.make_mesh()
   rng = np.random.default_rng(seed)

@@ -22,7 +22,7 @@ def get_config():
   # MIS fell below STD's (benchmarks/RESULTS.md).
   config.csg.gate.projection = "max_normalize"
   config.csg.gated_loss_weight = 1.0  # lambda1
-  config.csg.gate.sparsity_weight = 0.1  # lambda2: the gate reaches its budget within the first epoch
+  config.csg.gate.sparsity_weight = 0.1  # lambda2: G reaches its budget in the first epoch
   config.csg.gate.target_density = 0.1  # d = 1/C: one class per filter
   config.csg.gate.learning_rate = 1.0  # fast gate: the filter-class split settles early
   return config

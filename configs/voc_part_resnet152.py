@@ -32,7 +32,7 @@ def get_config():
   config.csg.alternate.min_phase = 2  # see period
   config.csg.alternate.optimizer = "adam"  # optimiser B, CSG epochs
   config.csg.alternate.learning_rate = 1e-3  # optimiser B learning rate (top layers)
-  config.csg.alternate.freeze = r"^backbone/stage3_"  # CSG epochs also freeze stage3: stage4, head, G
+  config.csg.alternate.freeze = r"^backbone/stage3_"  # CSG epochs: stage4, head, G train
   config.csg.gate.optimizer = "adam"  # G is in optimiser B as released
   config.csg.gate.learning_rate = 1e-3  # same learning rate as optimiser B
   config.csg.gate.sparsity_weight = 1e-3  # hinge weight in CSG epochs

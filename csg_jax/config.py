@@ -67,7 +67,7 @@ def base_config(data_source: str = "digits") -> ml_collections.ConfigDict:
   config.optimizer.milestones = (0.5, 0.75)  # multistep: decay points as fractions of training
   config.optimizer.decay_factor = 0.1  # multistep: learning-rate factor at each milestone
   config.optimizer.grad_clip_norm = 0.0  # clip gradients to this global norm (0: off)
-  config.optimizer.freeze = ""  # regex over parameter paths kept frozen, e.g. "backbone/stem|stage1"
+  config.optimizer.freeze = ""  # regex searched in parameter paths: frozen, e.g. "stem|stage1"
 
   config.csg = ml_collections.ConfigDict()  # class-specific gate (method = "csg" only)
   config.csg.schedule = "joint"  # joint (paper's loss every step) | alternate (released code)

@@ -1,4 +1,4 @@
-"""One optax partition over {"params", "gates"}: the trunk's update, the gate's own projected update.
+"""One optax partition over {"params", "gates"}: the trunk's update and the gate's own update.
 
 Every trainable leaf is labelled "trunk", "frozen" (by name pattern, for fine-tuning) or "gates".
 The gate's chain is the design's sparsity-regularised, projected update:
@@ -99,7 +99,8 @@ def _decay_mask(params):
   return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
 
 
-def trunk_transform(name: str, schedule: optax.Schedule, opt_config) -> optax.GradientTransformation:
+def trunk_transform(name: str, schedule: optax.Schedule,
+                    opt_config) -> optax.GradientTransformation:
   parts = []
   if opt_config.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(opt_config.grad_clip_norm))

@@ -4,6 +4,7 @@ import inspect
 import json
 import re
 
+import numpy as np
 import pytest
 
 from csg_jax import config as config_lib
@@ -95,3 +96,14 @@ def test_workdir_of_an_earlier_version_loads(straight_run, tmp_path):
   assert run.step == straight_run[1]["step"]
   assert run.config.csg.gate.target_density == gate["target_density"]
   assert run.config.csg.gated_loss_weight == csg["csg_weight"]
+
+
+def test_seed_sets_the_initialisation():
+  from conftest import small_config  # pylint: disable=g-import-not-at-top
+  inits = []
+  for seed in (0, 0, 1):
+    setup = training.build(small_config(seed=seed))
+    state = training.create_train_state(setup.model, setup.optimizers, (8, 8, 1), setup.rng)
+    inits.append(np.asarray(state.params["head"]["kernel"]))
+  np.testing.assert_array_equal(inits[0], inits[1])
+  assert not np.allclose(inits[0], inits[2])

@@ -74,6 +74,13 @@ def test_digits_shapes_and_split_sizes():
   assert data.steps_per_epoch(ds, 100) == pytest.approx(14.37)
 
 
+def test_digits_test_fraction_sets_the_split():
+  cfg = data.default_config()
+  cfg.test_fraction = 0.5
+  ds = data.load_dataset(cfg)
+  assert (len(ds.splits["train"]), len(ds.splits["test"])) == (898, 899)  # ceil(0.5 * 1797)
+
+
 def test_digits_split_is_stratified_and_fixed():
   a = data.load_dataset(data.default_config())
   b = data.load_dataset(data.default_config())

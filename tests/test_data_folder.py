@@ -194,3 +194,33 @@ def test_real_cifar_tarball_layout(cifar_tarball):
       image = folder.decode_image(archive.extractfile(files[rel]).read(), None)
       assert image.shape == (32, 32, 3) and image.dtype == np.uint8
       assert rel.startswith(f"test/{class_names[label]}/")
+
+
+def test_resize_halves_with_the_bilinear_triangle_filter():
+  """Known answer: halving a 2x-upsampled image with an antialiased bilinear (triangle) filter
+  weighs each pixel's neighbours 1 : 6 : 1 along both axes (edge weights renormalised)."""
+  from csg_jax.data.dataset import resize_image  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(0).integers(0, 256, (8, 8)).astype(np.float64)
+  big = np.repeat(np.repeat(x, 2, axis=0), 2, axis=1).astype(np.uint8)
+  weights = np.zeros((8, 8))
+  for i in range(8):
+    for j, w in ((i - 1, 1.0), (i, 6.0), (i + 1, 1.0)):
+      if 0 <= j < 8:
+        weights[i, j] = w
+  weights /= weights.sum(axis=1, keepdims=True)
+  want = weights @ x @ weights.T
+  got = np.asarray(resize_image(Image.fromarray(big), 8), np.float64)
+  assert got.shape == (8, 8)
+  np.testing.assert_allclose(got, want, atol=1.0)  # uint8 rounding
+  assert resize_image(Image.fromarray(big), 16).size == (16, 16)  # already that size: kept
+
+
+def test_split_folder_names_come_from_the_config(tmp_path):
+  _write_tree(tmp_path / "d")
+  os.rename(tmp_path / "d" / "train", tmp_path / "d" / "fit")
+  os.rename(tmp_path / "d" / "test", tmp_path / "d" / "val")
+  ds = data.load_dataset(_config(tmp_path / "d", tmp_path / "cache", train_split="fit",
+                                 test_split="val"))
+  assert (len(ds.splits["train"]), len(ds.splits["test"])) == (6, 3)
+  with pytest.raises(CSGError, match="'train'"):
+    data.load_dataset(_config(tmp_path / "d", tmp_path / "cache"))

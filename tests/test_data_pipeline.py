@@ -245,3 +245,16 @@ def test_digits_batches_end_to_end():
   assert len(eval_) == 4 and sum(int(b["mask"].sum()) for b in eval_) == 360
   np.testing.assert_array_equal(np.concatenate([b["label"][b["mask"]] for b in eval_]),
                                 ds.splits["test"].labels)
+
+
+def test_resized_crop_boxes_follow_rrc_scale_and_rrc_ratio():
+  """Area fraction and aspect ratio of the boxes (torchvision's sampling, before rounding) stay
+  in config's ranges: set narrow ranges and the boxes follow them."""
+  cfg = _augmenting_config(crop_padding=0, random_resized_crop=True, rrc_scale=(0.25, 0.3),
+                           rrc_ratio=(1.9, 2.1))
+  params = augment.sample_params(np.random.default_rng(1), 2000, (60, 60), cfg)
+  _, _, h, w = params["box"].T
+  area = h * w / 3600
+  assert 0.25 * 0.9 < area.min() and area.max() < 0.3 * 1.1  # rounding to whole pixels
+  assert 1.9 * 0.9 < (w / h).min() and (w / h).max() < 2.1 * 1.1
+  assert abs(np.median(area) - 0.275) < 0.02 and abs(np.median(w / h) - 2.0) < 0.1

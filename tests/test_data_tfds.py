@@ -58,3 +58,17 @@ def test_out_of_range_label_names_the_split():
   split = tfds_source.TfdsSplit(source, "validation", None, 10)
   with pytest.raises(CSGError, match=r"Split 'validation' has label 12 outside \[0, 10\)"):
     split.read(np.array([0]))
+
+
+def test_data_dir_download_and_splits_reach_tfds(monkeypatch):
+  calls = []
+
+  def fake_data_source(name, *, split, data_dir, download):
+    calls.append((name, split, data_dir, download))
+    raise FileNotFoundError("not prepared")
+
+  monkeypatch.setattr(tfds, "data_source", fake_data_source)
+  with pytest.raises(CSGError, match="data_dir='gs://bucket/tfds'"):
+    data.load_dataset(_config(name="cifar100", data_dir="gs://bucket/tfds", download=False,
+                              train_split="train[:90%]"))
+  assert calls[0] == ("cifar100", "train[:90%]", "gs://bucket/tfds", False)

@@ -106,3 +106,42 @@ def test_config_errors():
     detection.validate_config(cfg)
   with pytest.raises(CSGError, match="both clean and attacked"):
     detection.fit_logistic_detector(np.zeros((3, 2)), np.zeros((0, 2)))
+
+
+def test_detectors_fit_on_one_half_and_score_the_other():
+  """Features without any signal: a detector scored on the images it was fitted on would look
+  perfect (60 samples, 100 dimensions); scored on the other half it is at chance. The numbers
+  are recomputed here with sklearn and numpy from the documented protocol."""
+  from sklearn import linear_model, metrics, pipeline, preprocessing  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  n, k, c = 120, 100, 3
+  labels = np.arange(n) % c
+  clean = {"features": rng.random((n, k)), "prediction": labels.copy()}
+  adv = {"features": rng.random((n, k)), "prediction": (labels + 1) % c}
+  cfg = detection.default_config()
+  cfg.seed = 5
+  out = detection.evaluate_detection(clean, adv, labels, c, config=cfg)
+  fit, held = detection.split_indices(n, 0.5, 5)
+  assert not set(fit) & set(held)
+
+  model = pipeline.make_pipeline(preprocessing.StandardScaler(),
+                                 linear_model.LogisticRegression(C=1.0, max_iter=5000,
+                                                                 random_state=5))
+  model.fit(np.concatenate([clean["features"][fit], adv["features"][fit]]),
+            np.r_[np.zeros(len(fit)), np.ones(len(fit))])
+  y_held = np.r_[np.zeros(len(held)), np.ones(len(held))]
+  x_held = np.concatenate([clean["features"][held], adv["features"][held]])
+  want = metrics.roc_auc_score(y_held, model.predict_proba(x_held)[:, 1])
+  assert out["logistic_regression"]["auc"] == pytest.approx(want, abs=1e-12)
+  assert out["logistic_regression"]["auc"] < 0.75  # chance, give or take 60 samples
+  on_fit = metrics.roc_auc_score(np.r_[np.zeros(len(fit)), np.ones(len(fit))], model.predict_proba(
+      np.concatenate([clean["features"][fit], adv["features"][fit]]))[:, 1])
+  assert on_fit > 0.95  # what scoring the fitted half would have reported
+
+  # The class profile comes from the clean features of the fitted half only.
+  means = np.stack([clean["features"][fit][labels[fit] == j].mean(0) for j in range(c)])
+  profile = means / means.max(0)
+  score = lambda d, idx: 1 - (profile[d["prediction"][idx]] * d["features"][idx]).sum(1) / \
+      d["features"][idx].sum(1)
+  want = metrics.roc_auc_score(y_held, np.r_[score(clean, held), score(adv, held)])
+  assert out["profile_consistency"]["auc"] == pytest.approx(want, abs=1e-12)

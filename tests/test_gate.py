@@ -122,3 +122,16 @@ def test_model_names():
   from csg_jax.errors import CSGError  # pylint: disable=g-import-not-at-top
   with pytest.raises(CSGError, match="unknown model 'resnet21'"):
     models.build_backbone("resnet21")
+
+
+def test_model_width_and_dtype_reach_the_trunk():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict({"name": "resnet8", "width": 4, "dtype": "bfloat16"})
+  model = models.build_model(cfg, 3, use_gate=True, gate_init=0.25)
+  x = jnp.ones((2, 8, 8, 1))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  out = jax.jit(lambda v: model.apply(v, x))(variables)
+  chex.assert_shape(out["features"], (2, 16))  # K = 4 * width for the CIFAR family
+  assert out["feature_map"].dtype == jnp.bfloat16  # the trunk computes in bfloat16
+  assert out["logits"].dtype == jnp.float32  # pooling and head stay in float32
+  np.testing.assert_array_equal(variables["gates"]["gate"]["G"], np.full((3, 16), 0.25))

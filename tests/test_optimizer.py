@@ -215,3 +215,73 @@ def test_sparsity_gradient_only_over_budget():
                                 [[0.5, 0.5], [-0.5, 0.5]])  # JAX: d|x|/dx = +1 at 0
   with pytest.raises(ValueError, match="needs the current gate values"):
     add.update(zeros, add.init(over))
+
+
+# --- The trunk's options against numpy --------------------------------------------------------
+
+
+def _trunk_leaves(tree):
+  """The leaves the trunk transform updates under _config's freeze pattern (stage1 frozen)."""
+  p = tree["params"]
+  return [p["backbone"]["stage2_block1"]["kernel"], p["head"]["kernel"], p["head"]["bias"]]
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_trunk_momentum_and_nesterov_equal_numpy(nesterov):
+  config = _config()
+  config.optimizer.update(momentum=0.9, nesterov=nesterov)
+  tx = _optimizers(config)["main"]
+  tree = _tree(0)
+  state = tx.init(tree)
+  ref = [np.asarray(x, np.float64) for x in _trunk_leaves(tree)]
+  trace = [np.zeros_like(x) for x in ref]
+  for step in range(3):
+    grads = _tree(10 + step)
+    updates, state = tx.update(grads, state, tree)
+    tree = optax.apply_updates(tree, updates)
+    for i, g in enumerate(_trunk_leaves(grads)):
+      g = np.asarray(g, np.float64)
+      trace[i] = g + 0.9 * trace[i]  # heavy ball, torch.optim.SGD's convention
+      ref[i] = ref[i] - 0.1 * (g + 0.9 * trace[i] if nesterov else trace[i])
+    for got, want in zip(_trunk_leaves(tree), ref):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
+
+
+def test_grad_clip_norm_scales_the_trunk_gradient_to_the_bound():
+  config = _config()
+  config.optimizer.grad_clip_norm = 0.5
+  tx = _optimizers(config)["main"]
+  tree, grads = _tree(0), _tree(1)
+  updates, _ = tx.update(grads, tx.init(tree), tree)
+  g = [np.asarray(x, np.float64) for x in _trunk_leaves(grads)]
+  norm = np.sqrt(sum((x**2).sum() for x in g))
+  assert norm > 0.5  # so the bound is active
+  for got, want in zip(_trunk_leaves(updates), g):
+    np.testing.assert_allclose(got, -0.1 * want * 0.5 / norm, rtol=1e-5)
+  # The gate is not part of the trunk's norm: its update is the plain projected SGD step.
+  g0, gg = np.asarray(tree["gates"]["gate"]["G"]), np.asarray(grads["gates"]["gate"]["G"])
+  np.testing.assert_allclose(updates["gates"]["gate"]["G"],
+                             _np_project(g0 - 0.5 * gg, "max_normalize") - g0, atol=1e-6)
+
+
+def test_adam_trunk_first_step_is_lr_times_sign():
+  """Adam's first bias-corrected step is lr * g / (|g| + eps): about lr * sign(g)."""
+  config = _config()
+  config.optimizer.update(name="adam", learning_rate=0.01)
+  tx = _optimizers(config)["main"]
+  tree, grads = _tree(0), _tree(1)
+  updates, _ = tx.update(grads, tx.init(tree), tree)
+  for got, g in zip(_trunk_leaves(updates), _trunk_leaves(grads)):
+    g = np.asarray(g, np.float64)
+    np.testing.assert_allclose(got, -0.01 * g / (np.abs(g) + 1e-8), rtol=1e-5)
+
+
+def test_cosine_warmup_and_multistep_decay_factor():
+  warm = optimizer_lib.learning_rate_schedule("cosine", 0.2, 100, warmup_steps=20)
+  # Linear from 0 to 0.2 over 20 steps, then a half cosine over the remaining 80.
+  np.testing.assert_allclose([warm(0), warm(10), warm(20), warm(60), warm(100)],
+                             [0.0, 0.1, 0.2, 0.1, 0.0], atol=1e-7)
+  step = optimizer_lib.learning_rate_schedule("multistep", 0.2, 100, milestones=(0.3, 0.9),
+                                              decay_factor=0.5)
+  np.testing.assert_allclose([step(29), step(30), step(89), step(90)], [0.2, 0.1, 0.1, 0.05],
+                             rtol=1e-6)

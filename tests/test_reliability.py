@@ -90,7 +90,10 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(straight_run, 
       f.write(b"\xff" * 16)
   run = training.load_run(workdir)
   assert run.step == 20
-  assert "checkpoint at step 23 is unusable" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "checkpoint at step 23 is unusable" in out
+  # The SHA-256 manifest caught it, before orbax read a byte (damage may still parse).
+  assert "step 23 is unusable (files changed since it was written:" in out
 
   # With every checkpoint damaged the run refuses instead of restarting from step 0.
   for step in ("10", "20"):

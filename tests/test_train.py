@@ -70,3 +70,17 @@ def test_alternate_schedule_switches_objectives_by_epoch(tmp_path):
   assert all("gate_density" not in r for r in rows if r["split"] == "train_std")
   gate = np.asarray(training.load_run(str(tmp_path)).state.gate_matrix())
   np.testing.assert_array_equal(gate.max(axis=0), 1.0)  # projected after every CSG step
+
+
+def test_logging_evaluation_and_checkpoint_cadence(tmp_path):
+  """log_every_steps, eval_every_steps, checkpoint_every_steps and keep_checkpoints, observed."""
+  config = small_config(log_every_steps=5, eval_every_steps=10, checkpoint_every_steps=5,
+                        keep_checkpoints=2)
+  config.model.name = "tiny"
+  results = training.train_and_evaluate(config, str(tmp_path))
+  assert results["step"] == 23  # ceil(1437 / 64)
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if r["split"] == "train"] == [5, 10, 15, 20, 23]
+  assert [r["step"] for r in rows if r["split"] == "test"] == [10, 20, 23]  # and the final one
+  steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert steps == [20, 23]  # every 5 steps and at the end, the newest 2 kept

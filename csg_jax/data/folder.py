@@ -267,7 +267,8 @@ def _build(tmp: str, cfg, path: str, roles: dict[str, str], listing) -> dict:
     sizes[role] = int(keep.sum())
   seconds = time.perf_counter() - start
   if failed:
-    log(f"[csg_jax.data] skipped {len(failed)} unreadable image(s), e.g. {_display(cfg.path, failures[0][0])}")
+    log(f"[csg_jax.data] skipped {len(failed)} unreadable image(s), e.g. "
+        f"{_display(cfg.path, failures[0][0])}")
   return dict(class_names=list(class_names), image_shape=[height, width, 3], sizes=sizes,
               skipped=sorted([rel, reason] for rel, _, reason in failures),
               source=cfg.path, build_seconds=seconds)

@@ -62,7 +62,7 @@ class Checkpointer:
     return os.path.join(self.manifests, f"{step}.json")
 
   def _write_manifests(self) -> None:
-    """Hashes every completed checkpoint that has no manifest yet; drops manifests of deleted ones."""
+    """Hashes each completed checkpoint that has no manifest yet; drops those of deleted ones."""
     if jax.process_index() != 0:
       return
     self._manager.wait_until_finished()
