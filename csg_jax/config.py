@@ -6,6 +6,9 @@ CSGError naming the field and the fix; a field renamed since an earlier version 
 new name (`RENAMED`).
 """
 
+import inspect
+import re
+
 import ml_collections
 
 from csg_jax import data as data_lib
@@ -121,6 +124,35 @@ def renamed_field_message(name: str) -> str:
     if name in (old, old.rsplit(".", 1)[-1]):
       return f"; it was renamed to {new}: use --config.{new}=..."
   return ""
+
+
+# `<prefix>.<field> = <value>  # <comment>` lines of base_config and data.default_config (or the
+# comment on the line above, for a long value).
+_FIELD_LINE = re.compile(r"^\s*(config|gate|alternate|c)\.([\w.]+) = .*?(?:  # (.*))?$")
+_PREFIX = {"config": "", "gate": "csg.gate.", "alternate": "csg.alternate.", "c": "data."}
+
+
+def field_comments() -> dict:
+  """{"csg.gate.target_density": "d: the hinge is zero while ...", ...} from the sources."""
+  from csg_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
+  comments = {}
+  for fn in (base_config, data_config.default_config):
+    above = None
+    for line in inspect.getsource(fn).splitlines():
+      match = _FIELD_LINE.match(line)
+      if match and (match.group(3) or above):
+        comments[_PREFIX[match.group(1)] + match.group(2)] = match.group(3) or above
+      above = line.strip()[2:] if line.strip().startswith("# ") else None
+  return comments
+
+
+def describe(config) -> str:
+  """Every field of `config` with its value and one-line comment, one per line."""
+  comments = field_comments()
+  rows = [(name, repr(value)) for name, value in _flatten(config.to_dict()).items()]
+  width = max(len(f"{n} = {v}") for n, v in rows)
+  return "\n".join(f"{n} = {v}".ljust(width) + (f"  # {comments[n]}" if n in comments else "")
+                   for n, v in rows)
 
 
 def _require(ok: bool, field: str, message: str) -> None:

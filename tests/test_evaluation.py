@@ -48,6 +48,9 @@ def test_report_and_comparison(straight_run, tmp_path):
 
   std_dir = str(tmp_path / "std")
   training.train_and_evaluate(small_config(method="std", num_epochs=0.3), std_dir)
+  with open(os.path.join(std_dir, "metrics.jsonl")) as f:
+    tags = {json.loads(line)["split"] for line in f}
+  assert tags == {"train", "test"}  # the same tags as a CSG run's: the curves overlay
   std = report_lib.evaluate_workdir(std_dir)
   assert std.report["gate_density"] is None and "gate" not in std.report["figures"]
   path = report_lib.write_comparison(str(tmp_path), {"std": std, "csg": csg})

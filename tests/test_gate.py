@@ -74,6 +74,10 @@ def test_gate_init_value_from_argument():
   module = gate_lib.ClassSpecificGate(3, 4, init_value=0.7)
   variables = module.init(jax.random.PRNGKey(0), jnp.ones((2, 4)), jnp.array([0, 1]))
   np.testing.assert_array_equal(variables["gates"]["G"], np.full((3, 4), 0.7, np.float32))
+  # The default is the released code's 0.5 everywhere (docs/csg-method.md §4).
+  default = gate_lib.ClassSpecificGate(3, 4).init(jax.random.PRNGKey(0), jnp.ones((2, 4)),
+                                                  jnp.array([0, 1]))
+  np.testing.assert_array_equal(default["gates"]["G"], np.full((3, 4), 0.5, np.float32))
 
 
 @pytest.mark.parametrize("name", ["tiny", "resnet8"])

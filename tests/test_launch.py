@@ -105,3 +105,22 @@ def test_renamed_field_is_one_line_naming_the_new_field(tmp_path, launcher, comm
   assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
   assert "csg.gate.target_density" in proc.stderr and "Traceback" not in proc.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_show_config_lists_every_field_with_its_comment_and_trains_nothing(tmp_path):
+  proc = _run([*_shim("train"), "--show_config", "--config.csg.gate.target_density=0.05",
+               f"--workdir={tmp_path / 'w'}"], cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.splitlines()
+  density = [l for l in lines if l.startswith("csg.gate.target_density = ")]
+  assert density and "0.05" in density[0] and "# d: the hinge is zero" in density[0]
+  assert all("  # " in l for l in lines), [l for l in lines if "  # " not in l]
+  assert len(lines) > 50
+  assert not os.path.exists(tmp_path / "w") and not os.path.exists(tmp_path / "workdirs")
+
+
+def test_bad_config_leaves_no_new_workdir(tmp_path):
+  workdir = tmp_path / "new" / "run"
+  proc = _train(f"--workdir={workdir}", "--config.batch_size=-5")
+  assert proc.returncode == 2 and "config.batch_size is -5" in proc.stderr
+  assert not os.path.exists(tmp_path / "new")  # the write check's folders are gone again

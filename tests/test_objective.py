@@ -54,6 +54,9 @@ class ObjectiveTest(chex.TestCase):
                                    (outputs["logits_csg"].argmax(-1) == labels).mean())
     with self.assertRaisesRegex(ValueError, "unknown phase"):
       losses.objective(outputs, labels, "both")
+    # lambda1 defaults to 1, the paper's plain sum of the two cross-entropies.
+    np.testing.assert_allclose(losses.objective(outputs, labels, "joint")[0], ce_std + ce_csg,
+                               rtol=1e-6)
 
 
 def _config(gate_optimizer):

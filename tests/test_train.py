@@ -80,7 +80,11 @@ def test_logging_evaluation_and_checkpoint_cadence(tmp_path):
   results = training.train_and_evaluate(config, str(tmp_path))
   assert results["step"] == 23  # ceil(1437 / 64)
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in rows if r["split"] == "train"] == [5, 10, 15, 20, 23]
+  train_rows = [r for r in rows if r["split"] == "train"]
+  assert [r["step"] for r in train_rows] == [5, 10, 15, 20, 23]
+  # The density in a row is the gate's after that step (not a window mean): the last row's is
+  # the final gate's.
+  assert train_rows[-1]["gate_density"] == pytest.approx(results["gate_density"], abs=1e-7)
   assert [r["step"] for r in rows if r["split"] == "test"] == [10, 20, 23]  # and the final one
   steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
   assert steps == [20, 23]  # every 5 steps and at the end, the newest 2 kept

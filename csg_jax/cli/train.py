@@ -2,6 +2,7 @@ r"""Trains a CSG (or STD) model and evaluates it.
 
   csg-train                                     # the default: digits, CSG, CPU-friendly
   csg-train --config configs/cifar10_resnet20.py --config.num_epochs=2 --workdir W
+  csg-train --show_config --config.csg.gate.target_density=0.05   # every field, its comment
 
 Several processes (hand-launched; TPU pods and SLURM jobs are found automatically):
   csg-train ... --coordinator_address host0:1234 --num_processes 2 --process_id 0
@@ -21,10 +22,16 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0, for a manual multi-process launch.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a manual launch.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a manual launch.")
+_SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print every config field (with the "
+                                 "overrides applied) and its comment, then exit; trains nothing.")
 
 
 def main(argv):
   config = cli.start(argv, _CONFIG)
+  if _SHOW_CONFIG.value:
+    from csg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+    print(config_lib.describe(config))
+    return
   with cli.user_errors():
     # Imported here so that --help and flag errors answer without loading the training stack.
     from csg_jax import training  # pylint: disable=g-import-not-at-top

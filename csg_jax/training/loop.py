@@ -39,7 +39,7 @@ from csg_jax.training.state import TrainState
 
 def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model,
                tx: optax.GradientTransformation, phase: str, optimizer_name: str,
-               gated_loss_weight: float = 1.0, target_density: float = 1.0
+               gated_loss_weight: float, target_density: float
                ) -> Tuple[TrainState, Dict[str, jnp.ndarray]]:
   """One optimisation step of `phase` ("std", "joint" or "csg"), updating one optimiser state.
 
@@ -91,6 +91,9 @@ def make_train_steps(setup: run_lib.RunSetup) -> Dict[str, Callable]:
     steps[phase] = jax.jit(fn, in_shardings=(repl, data), out_shardings=(repl, repl),
                            donate_argnums=0)
   return steps
+
+
+_STATE_METRICS = ("gate_density", "hinge")
 
 
 class _Progress:
@@ -224,9 +227,13 @@ def _train(setup: run_lib.RunSetup, workdir: str, checkpointer, state: TrainStat
         if save_now or log_now:
           pending = jax.device_get(pending)
           _check_finite(pending, last_checkpoint)  # never checkpoint a non-finite state
-          means = {k: float(np.mean([m[k] for _, m in pending if k in m]))
-                   for k in pending[-1][1] if k != "gate_finite"}
-          writer.write(done, f"train_{phase}" if phase != "joint" else "train", means)
+          # Losses and accuracies: means over the steps since the last row. The gate's
+          # density and hinge describe the state: their values after the logged step.
+          means = {k: float(v if k in _STATE_METRICS else
+                            np.mean([m[k] for _, m in pending if k in m]))
+                   for k, v in pending[-1][1].items() if k != "gate_finite"}
+          # One tag for single-phase runs, so STD and joint CSG curves overlay in TensorBoard.
+          writer.write(done, "train" if len(plan.phases) == 1 else f"train_{phase}", means)
           log(progress.line(done, means, phase))
           pending = []
         if save_now and checkpointer.maybe_save(done, state,
