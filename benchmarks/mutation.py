@@ -12,6 +12,7 @@ one that runs past the timeout counts as killed too).
   python benchmarks/mutation.py --list                       # the mutants, nothing run
   python benchmarks/mutation.py                              # every core module, 2 workers
   python benchmarks/mutation.py --modules gate,losses --workers 1
+  python benchmarks/mutation.py --only gate:27,plan:43            # re-check some survivors
 
 Prints a line per mutant, the survivors, the score per module and, last, one JSON object.
 Takes about an hour on 2 CPU cores; the results are in benchmarks/RESULTS.md.
@@ -155,13 +156,18 @@ def main(argv=None):
                       help=f"comma-separated subset of {', '.join(MODULES)}")
   parser.add_argument("--workers", type=int, default=2, help="mutants tested at once")
   parser.add_argument("--timeout", type=float, default=600, help="seconds per mutant")
+  parser.add_argument("--only", default="",
+                      help="comma-separated MODULE:LINE, e.g. gate:27,plan:43: only the mutants "
+                      "on those lines (to re-check survivors after adding tests)")
   parser.add_argument("--list", action="store_true", help="list the mutants and stop")
   args = parser.parse_args(argv)
   names = [m.strip() for m in args.modules.split(",") if m.strip()]
   unknown = [m for m in names if m not in MODULES]
   if unknown:
     parser.error(f"unknown modules {unknown}; choose from {', '.join(MODULES)}")
-  jobs = [(name, m) for name in names for m in mutants(MODULES[name][0])]
+  only = {tuple(item.strip().split(":")) for item in args.only.split(",") if item.strip()}
+  jobs = [(name, m) for name in names for m in mutants(MODULES[name][0])
+          if not only or (name, str(m[0])) in only]
   print(f"{len(jobs)} mutants in {', '.join(names)}; load average {os.getloadavg()[0]:.2f}",
         flush=True)
   if args.list:

@@ -70,18 +70,21 @@ def project_gates_transform(mode: str) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def learning_rate_schedule(name: str, base_lr: float, total_steps: int, *, warmup_steps: int = 0,
-                           milestones=(0.5, 0.75), decay_factor: float = 0.1) -> optax.Schedule:
-  """Cosine (with linear warm-up), multi-step (milestones as fractions of training) or constant."""
+def learning_rate_schedule(opt_config, base_lr: float, total_steps: int) -> optax.Schedule:
+  """opt_config.schedule from base_lr over total_steps (at least 1): cosine (after
+  opt_config.warmup_steps of linear warm-up), multistep (x decay_factor at each of the
+  milestones, fractions of training) or constant."""
   total_steps = max(int(total_steps), 1)
+  name = opt_config.schedule
   if name == "constant":
     return optax.constant_schedule(base_lr)
   if name == "cosine":
-    warmup_steps = min(int(warmup_steps), total_steps - 1)
+    warmup_steps = min(int(opt_config.warmup_steps), total_steps - 1)
     return optax.warmup_cosine_decay_schedule(0.0, base_lr, warmup_steps, total_steps) \
         if warmup_steps > 0 else optax.cosine_decay_schedule(base_lr, total_steps)
   if name == "multistep":
-    boundaries = {int(round(m * total_steps)): decay_factor for m in milestones}
+    boundaries = {int(round(m * total_steps)): opt_config.decay_factor
+                  for m in opt_config.milestones}
     return optax.piecewise_constant_schedule(base_lr, boundaries)
   raise CSGError(f"unknown learning-rate schedule {name!r}; use one of {SCHEDULES}")
 
@@ -147,21 +150,17 @@ def make_optimizers(config, plan: Plan) -> Dict[str, optax.GradientTransformatio
   alternate schedule from config.csg.alternate (whose freeze pattern adds to config.optimizer's).
   """
   opt, gate, alternate = config.optimizer, config.csg.gate, config.csg.alternate
-
-  def schedule(lr, steps):
-    return learning_rate_schedule(opt.schedule, lr, steps, warmup_steps=opt.warmup_steps,
-                                  milestones=opt.milestones, decay_factor=opt.decay_factor)
-
   optimizers = {}
   for name, role in plan.optimizers.items():
+    # Every schedule of one optimiser has the trunk's shape and counts in that optimiser's steps.
+    schedule = functools.partial(learning_rate_schedule, opt, total_steps=role.steps)
     if role.trunk == "alternate":
-      trunk = trunk_transform(alternate.optimizer, schedule(alternate.learning_rate, role.steps),
-                              opt)
+      trunk = trunk_transform(alternate.optimizer, schedule(alternate.learning_rate), opt)
       freeze = "|".join(p for p in (opt.freeze, alternate.freeze) if p)
     else:
-      trunk = trunk_transform(opt.name, schedule(opt.learning_rate, role.steps), opt)
+      trunk = trunk_transform(opt.name, schedule(opt.learning_rate), opt)
       freeze = opt.freeze
-    gates = (gate_transform(gate, schedule(gate.learning_rate, role.steps)) if role.trains_gate
+    gates = (gate_transform(gate, schedule(gate.learning_rate)) if role.trains_gate
              else optax.set_to_zero())
     optimizers[name] = optax.partition(
         {"trunk": trunk, "frozen": optax.set_to_zero(), "gates": gates},

@@ -19,7 +19,7 @@ its own state and learning-rate schedule that advance only in its own epochs.
 
 import dataclasses
 import math
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 PHASES = ("std", "joint", "csg")
 
@@ -40,11 +40,11 @@ class Plan:
   phases: Tuple[str, ...]  # phases the run uses, in PHASES order
   optimizer_of_phase: Dict[str, str]  # phase -> optimiser name
   optimizers: Dict[str, OptimizerRole]  # optimiser name -> role
-  alternate: Tuple[int, int, int] = (0, 1, 0)  # (warmup_epochs, period, min_phase)
+  alternate: Optional[Tuple[int, int, int]] = None  # (warmup_epochs, period, min_phase)
 
   @classmethod
   def from_config(cls, config, num_examples: int) -> "Plan":
-    total = max(1, math.ceil(config.num_epochs * num_examples / config.batch_size))
+    total = math.ceil(config.num_epochs * num_examples / config.batch_size)  # both > 0
     common = dict(total_steps=total, batch_size=config.batch_size, num_examples=num_examples)
     if config.method == "std":
       return cls(**common, phases=("std",), optimizer_of_phase={"std": "main"},

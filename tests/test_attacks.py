@@ -123,6 +123,9 @@ def test_config_errors():
   cfg.epsilons = (8.0,)
   with pytest.raises(CSGError, match="0..1"):
     attacks.validate_config(cfg)
+  cfg.epsilons = ()
+  with pytest.raises(CSGError, match="attacks.epsilons"):
+    attacks.validate_config(cfg)
   cfg = attacks.default_config()
   cfg.attacks = ("cw",)
   with pytest.raises(CSGError, match="attacks.attacks"):
@@ -132,17 +135,25 @@ def test_config_errors():
                 epsilon=0.1, step_size=0.1, steps=1, mean=MEAN, std=STD, random_start=True)
 
 
-def _np_linear_fgsm(x, y, w, eps, mean, std):
-  """FGSM on logits = flatten(x) @ w, from the closed-form input gradient of the CE loss."""
+def _np_linear_grad_sign(x, y, w):
+  """sign of the input gradient of the summed CE of logits = flatten(x) @ w (closed form)."""
   flat = x.reshape(len(x), -1).astype(np.float64)
   logits = flat @ w
   p = np.exp(logits - logits.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)
-  grad = ((p - np.eye(w.shape[1])[y]) @ w.T).reshape(x.shape)
+  return np.sign(((p - np.eye(w.shape[1])[y]) @ w.T).reshape(x.shape))
+
+
+def _np_linear_pgd(x, y, w, eps, step, steps, mean, std):
+  """PGD-L∞ from x (no random start) on the linear model; FGSM is one step of size ε."""
   std = np.asarray(std, np.float64)
-  radius = eps / std
-  out = np.clip(x + radius * np.sign(grad), x - radius, x + radius)
-  return np.clip(out, (0.0 - np.asarray(mean)) / std, (1.0 - np.asarray(mean)) / std)
+  radius, alpha = eps / std, step / std
+  low, high = (0.0 - np.asarray(mean)) / std, (1.0 - np.asarray(mean)) / std
+  adv = x.astype(np.float64)
+  for _ in range(steps):
+    adv = adv + alpha * _np_linear_grad_sign(adv, y, w)
+    adv = np.clip(np.clip(adv, x - radius, x + radius), low, high)
+  return adv
 
 
 class AttackStepTest(chex.TestCase):
@@ -155,6 +166,7 @@ class AttackStepTest(chex.TestCase):
     images = ((pixels - np.array(MEAN, np.float32)) / np.array(STD, np.float32))
     labels = (np.arange(8) % 4).astype(np.int32)
     w = rng.normal(size=(27, 4)).astype(np.float32)
+    w[:5] = 0.0  # pixels the logits ignore: zero gradient, an attack must leave them alone
     logits_fn = lambda x: x.reshape(x.shape[0], -1) @ jnp.asarray(w)
     return images, labels, w, logits_fn
 
@@ -165,8 +177,22 @@ class AttackStepTest(chex.TestCase):
                                                   std=STD))
     got = np.asarray(fgsm(images, labels))
     chex.assert_shape(got, images.shape)
-    np.testing.assert_allclose(got, _np_linear_fgsm(images, labels, w, 8 / 255, MEAN, STD),
-                               atol=1e-5)
+    want = _np_linear_pgd(images, labels, w, 8 / 255, 8 / 255, 1, MEAN, STD)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    flat = (got - images).reshape(len(images), -1)
+    np.testing.assert_array_equal(flat[:, :5], 0.0)  # untouched where the gradient is 0
+    assert (np.abs(flat[:, 5:]) > 0).mean() > 0.5
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_pgd_without_random_start_equals_closed_form(self):
+    images, labels, w, logits_fn = self._linear_problem()
+    pgd = self.variant(lambda x, y: attacks.pgd(logits_fn, x, y, epsilon=8 / 255,
+                                                step_size=3 / 255, steps=4, mean=MEAN, std=STD,
+                                                random_start=False))
+    got = np.asarray(pgd(images, labels))
+    np.testing.assert_allclose(got, _np_linear_pgd(images, labels, w, 8 / 255, 3 / 255, 4, MEAN,
+                                                   STD), atol=1e-5)
+    np.testing.assert_array_equal((got - images).reshape(len(images), -1)[:, :5], 0.0)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_pgd_random_start_is_uniform_in_the_ball(self):
@@ -186,3 +212,29 @@ class AttackStepTest(chex.TestCase):
     assert abs(offset.mean()) < 0.03  # mean of 3072 U(-1, 1) draws: sd 0.01
     assert abs((offset < 0).mean() - 0.5) < 0.04
     assert 0.30 < np.var(offset) < 0.37  # U(-1, 1) has variance 1/3
+
+
+def test_default_protocol_is_the_documented_one():
+  """docs/applications.md: ε of 4, 8 and 16 / 255 (its tables), 10 PGD steps of 2.5·ε/steps
+  from a uniform random start; changing a default changes every reported number."""
+  cfg = attacks.default_config()
+  attacks.validate_config(cfg)
+  assert tuple(cfg.attacks) == ("fgsm", "pgd")
+  np.testing.assert_allclose(cfg.epsilons, np.array([4, 8, 16]) / 255, rtol=1e-12)
+  assert cfg.pgd_steps == 10 and cfg.pgd_random_start is True
+  assert attacks.pgd_step_size(cfg, 8 / 255) == pytest.approx(2.5 * (8 / 255) / 10)
+  cfg.pgd_step_size = 0.01
+  assert attacks.pgd_step_size(cfg, 8 / 255) == 0.01  # an explicit step wins
+
+
+@pytest.mark.parametrize("field,good,bad", [
+    ("epsilons", (1.0,), (0.0,)), ("epsilons", (1e-4,), (1.0001,)), ("pgd_steps", 1, 0),
+    ("pgd_step_size", 0.0, -1e-4), ("batch_size", 1, 0)])
+def test_config_boundaries(field, good, bad):
+  """Each bound of validate_config, on both sides."""
+  cfg = attacks.default_config()
+  cfg[field] = good
+  attacks.validate_config(cfg)
+  cfg[field] = bad
+  with pytest.raises(CSGError, match=f"attacks.{field}"):
+    attacks.validate_config(cfg)

@@ -18,16 +18,18 @@ def test_auc_of_a_perfect_a_reversed_and_a_random_detector():
 
 
 def test_consistency_on_hand_made_features():
-  features = np.array([[1.0, 1.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 1.0]])
+  features = np.array([[1.0, 1.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 1.0],
+                       [0.1, 0.2, 0.0, 0.1]])  # the last: a total below 1
   gate = np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.5]])
-  got = detection.consistency(features, np.array([0, 0, 1]), gate)
-  np.testing.assert_allclose(got, [3 / 4, 0.5, 3.5 / 4])  # no activation: neutral 0.5
+  got = detection.consistency(features, np.array([0, 0, 1, 1]), gate)
+  np.testing.assert_allclose(got, [3 / 4, 0.5, 3.5 / 4, 0.25 / 0.4])  # no activation: 0.5
 
 
 def test_class_profile_is_column_max_normalised():
-  features = np.array([[2.0, 0.0], [4.0, 1.0], [1.0, 3.0]])
+  features = np.array([[2.0, 0.0, 0.0], [4.0, 1.0, 0.0], [1.0, 3.0, 0.0]])
   profile = detection.class_profile(features, np.array([0, 0, 1]), 3)
-  np.testing.assert_allclose(profile, [[1.0, 0.5 / 3], [1 / 3, 1.0], [0.0, 0.0]])
+  # The third filter never fires: its column stays 0 (no division by a zero maximum).
+  np.testing.assert_allclose(profile, [[1.0, 0.5 / 3, 0.0], [1 / 3, 1.0, 0.0], [0.0, 0.0, 0.0]])
 
 
 def test_logistic_detector_separates_shifted_features_and_not_identical_ones():
@@ -35,11 +37,11 @@ def test_logistic_detector_separates_shifted_features_and_not_identical_ones():
   clean = rng.normal(size=(600, 8))
   shifted = rng.normal(size=(600, 8)) + np.array([3.0] + [0.0] * 7)
   same = rng.normal(size=(600, 8))
-  det = detection.fit_logistic_detector(clean[:300], shifted[:300])
+  det = detection.fit_logistic_detector(clean[:300], shifted[:300], c=1.0, seed=0)
   auc = detection.roc_auc(det.predict_proba(clean[300:])[:, 1],
                           det.predict_proba(shifted[300:])[:, 1])
   assert auc > 0.97
-  det = detection.fit_logistic_detector(clean[:300], same[:300])
+  det = detection.fit_logistic_detector(clean[:300], same[:300], c=1.0, seed=0)
   auc = detection.roc_auc(det.predict_proba(clean[300:])[:, 1],
                           det.predict_proba(same[300:])[:, 1])
   assert auc == pytest.approx(0.5, abs=0.08)
@@ -87,6 +89,23 @@ def test_evaluate_detection_without_successful_attacks_is_nan_not_a_crash():
   adv["prediction"] = labels.copy()  # every attack failed
   out = detection.evaluate_detection(clean, adv, labels, 3, gate=gate)
   assert np.isnan(out["logistic_regression"]["auc"]) and np.isnan(out["gate_consistency"]["auc"])
+  for v in out.values():  # no curve, and the counts say why
+    assert v["fpr"].size == 0 and v["tpr"].size == 0 and v["num_adversarial"] == 0
+
+
+def test_evaluate_detection_with_no_held_out_sample_of_one_kind():
+  """Attacks that succeed only on the fit half: the detectors fit, the held half has no
+  adversarial sample to score; no clean image correct on the held half: nothing to score."""
+  clean, adv, labels, gate = _synthetic()
+  fit, held = detection.split_indices(len(labels), 0.5, 0)
+  adv["prediction"][held] = labels[held]  # attacks fail on the held-out half
+  out = detection.evaluate_detection(clean, adv, labels, 3, gate=gate)
+  for v in out.values():
+    assert np.isnan(v["auc"]) and v["num_adversarial"] == 0 and v["num_clean"] == len(held)
+  clean["prediction"][held] = (labels[held] + 1) % 3  # and the clean images are all wrong
+  out = detection.evaluate_detection(clean, adv, labels, 3, gate=gate)
+  for v in out.values():
+    assert np.isnan(v["auc"]) and v["num_clean"] == 0 and v["num_adversarial"] == 0
 
 
 def test_roc_figure_is_written(tmp_path):
@@ -105,14 +124,15 @@ def test_config_errors():
   with pytest.raises(CSGError, match="fit_fraction"):
     detection.validate_config(cfg)
   with pytest.raises(CSGError, match="both clean and attacked"):
-    detection.fit_logistic_detector(np.zeros((3, 2)), np.zeros((0, 2)))
+    detection.fit_logistic_detector(np.zeros((3, 2)), np.zeros((0, 2)), c=1.0, seed=0)
 
 
 def test_detectors_fit_on_one_half_and_score_the_other():
   """Features without any signal: a detector scored on the images it was fitted on would look
   perfect (60 samples, 100 dimensions); scored on the other half it is at chance. The numbers
   are recomputed here with sklearn and numpy from the documented protocol."""
-  from sklearn import linear_model, metrics, pipeline, preprocessing  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from sklearn import linear_model, metrics, pipeline, preprocessing
   rng = np.random.default_rng(0)
   n, k, c = 120, 100, 3
   labels = np.arange(n) % c
@@ -120,7 +140,8 @@ def test_detectors_fit_on_one_half_and_score_the_other():
   adv = {"features": rng.random((n, k)), "prediction": (labels + 1) % c}
   cfg = detection.default_config()
   cfg.seed = 5
-  out = detection.evaluate_detection(clean, adv, labels, c, config=cfg)
+  gate = rng.random((c, k))
+  out = detection.evaluate_detection(clean, adv, labels, c, config=cfg, gate=gate)
   fit, held = detection.split_indices(n, 0.5, 5)
   assert not set(fit) & set(held)
 
@@ -145,3 +166,29 @@ def test_detectors_fit_on_one_half_and_score_the_other():
       d["features"][idx].sum(1)
   want = metrics.roc_auc_score(y_held, np.r_[score(clean, held), score(adv, held)])
   assert out["profile_consistency"]["auc"] == pytest.approx(want, abs=1e-12)
+  # The gate score needs no fitting: 1 - sum_k G[y^,k] f_k / sum_k f_k on the held half.
+  share = lambda d, idx: (gate[d["prediction"][idx]] * d["features"][idx]).sum(1) / \
+      d["features"][idx].sum(1)
+  want = metrics.roc_auc_score(y_held, np.r_[1 - share(clean, held), 1 - share(adv, held)])
+  assert out["gate_consistency"]["auc"] == pytest.approx(want, abs=1e-12)
+  assert 0.2 < want < 0.8
+
+
+def test_default_protocol_is_the_documented_one():
+  """docs/applications.md: half the test images fit the detectors, only successful attacks
+  count, logistic regression with C = 1."""
+  cfg = detection.default_config()
+  detection.validate_config(cfg)
+  assert cfg.fit_fraction == 0.5 and cfg.successful_only is True and cfg.logreg_c == 1.0
+
+
+@pytest.mark.parametrize("field,good,bad", [
+    ("fit_fraction", 0.01, 0.0), ("fit_fraction", 0.99, 1.0), ("logreg_c", 1e-6, 0.0)])
+def test_config_boundaries(field, good, bad):
+  """Each bound of validate_config, on both sides."""
+  cfg = detection.default_config()
+  cfg[field] = good
+  detection.validate_config(cfg)
+  cfg[field] = bad
+  with pytest.raises(CSGError, match=f"detection.{field}"):
+    detection.validate_config(cfg)

@@ -4,6 +4,7 @@ The gate's chain (sparsity gradient, its own SGD/momentum/Adam, projection) is c
 numpy re-statement of docs/csg-method.md written here, not against the library's functions.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,11 +108,18 @@ def test_alternate_has_two_optimizers_with_their_own_freezing():
   assert float(jnp.abs(csg_updates["gates"]["gate"]["G"]).max()) > 0
 
 
+def _schedule_config(name, **fields):
+  opt = base_config().optimizer
+  opt.update(schedule=name, **fields)
+  return opt
+
+
 @pytest.mark.parametrize("name,expected", [
     ("constant", [0.1, 0.1, 0.1]), ("multistep", [0.1, 0.01, 0.001]),
     ("cosine", [0.1, 0.05, 0.0])])
 def test_learning_rate_schedules(name, expected):
-  fn = optimizer_lib.learning_rate_schedule(name, 0.1, 100, milestones=(0.4, 0.8))
+  fn = optimizer_lib.learning_rate_schedule(_schedule_config(name, milestones=(0.4, 0.8)), 0.1,
+                                            100)
   np.testing.assert_allclose([fn(0), fn(50), fn(100)], expected, rtol=1e-5, atol=1e-7)
 
 
@@ -277,11 +285,32 @@ def test_adam_trunk_first_step_is_lr_times_sign():
 
 
 def test_cosine_warmup_and_multistep_decay_factor():
-  warm = optimizer_lib.learning_rate_schedule("cosine", 0.2, 100, warmup_steps=20)
+  warm = optimizer_lib.learning_rate_schedule(_schedule_config("cosine", warmup_steps=20), 0.2,
+                                              100)
   # Linear from 0 to 0.2 over 20 steps, then a half cosine over the remaining 80.
   np.testing.assert_allclose([warm(0), warm(10), warm(20), warm(60), warm(100)],
                              [0.0, 0.1, 0.2, 0.1, 0.0], atol=1e-7)
-  step = optimizer_lib.learning_rate_schedule("multistep", 0.2, 100, milestones=(0.3, 0.9),
-                                              decay_factor=0.5)
+  one = optimizer_lib.learning_rate_schedule(_schedule_config("cosine", warmup_steps=1), 0.2, 100)
+  np.testing.assert_allclose([one(0), one(1)], [0.0, 0.2], atol=1e-7)  # one warm-up step
+  step = optimizer_lib.learning_rate_schedule(
+      _schedule_config("multistep", milestones=(0.3, 0.9), decay_factor=0.5), 0.2, 100)
   np.testing.assert_allclose([step(29), step(30), step(89), step(90)], [0.2, 0.1, 0.1, 0.05],
                              rtol=1e-6)
+
+
+def test_schedules_of_short_runs():
+  """A warm-up longer than training ends one step before the end; an optimiser with no steps
+  (the alternate schedule's optimiser B when no CSG epoch fits in the run) still builds."""
+  long_warmup = optimizer_lib.learning_rate_schedule(
+      _schedule_config("cosine", warmup_steps=150), 0.2, 100)
+  np.testing.assert_allclose([long_warmup(0), long_warmup(99), long_warmup(100)],
+                             [0.0, 0.2, 0.0], atol=1e-7)
+  for name in ("cosine", "constant"):  # counted as one step: the peak rate at step 0
+    assert float(optimizer_lib.learning_rate_schedule(_schedule_config(name), 0.2, 0)(0)) == \
+        pytest.approx(0.2)
+  config = _config(schedule="alternate", alternate=dict(warmup_epochs=5, period=2, min_phase=1))
+  config.optimizer.schedule = "cosine"
+  txs = _optimizers(config)  # 1 epoch: no CSG epoch, optimiser B takes 0 steps
+  tree = _tree(0)
+  updates, _ = txs["csg"].update(_tree(1), txs["csg"].init(tree), tree)
+  chex.assert_tree_all_finite(updates)

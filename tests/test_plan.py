@@ -4,6 +4,8 @@ Expected values are worked out by hand from the rules in docs/csg-method.md (epo
 floor(s * B / N); alternate: epoch e is a CSG epoch iff e >= warmup and e % period >= min_phase).
 """
 
+import dataclasses
+
 import pytest
 
 from csg_jax.config import base_config
@@ -70,3 +72,11 @@ def test_every_alternate_step_is_counted_once(warmup):
   plan = Plan.from_config(_config(schedule="alternate", warmup_epochs=warmup, period=3,
                                   min_phase=1), 100)
   assert sum(r.steps for r in plan.optimizers.values()) == plan.total_steps
+
+
+def test_a_plan_cannot_be_changed_after_it_is_built():
+  plan = Plan.from_config(_config(schedule="alternate"), 100)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    plan.total_steps = 1
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    plan.optimizers["csg"].steps = 0

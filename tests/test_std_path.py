@@ -18,13 +18,15 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 @pytest.fixture(scope="module")
 def gated():
-  model = models.CSGClassifier(models.TinyCNN(width=4), num_classes=5, num_filters=8)
+  # A ResNet with batch norm: at test time it must use the running statistics (train=False).
+  backbone, k = models.build_backbone("resnet8", width=2)
+  model = models.CSGClassifier(backbone, num_classes=5, num_filters=k)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.normal(size=(20, 6, 6, 3)), jnp.float32)
   labels = jnp.asarray(np.arange(20) % 5, jnp.int32)
-  variables = model.init(jax.random.PRNGKey(0), images[:1])
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), images[:1])
   # A gate far from uniform: each class keeps a few filters, so gating changes the logits.
-  g = (rng.random((5, 8)) > 0.6).astype(np.float32) * rng.random((5, 8)).astype(np.float32)
+  g = (rng.random((5, k)) > 0.6).astype(np.float32) * rng.random((5, k)).astype(np.float32)
   variables = {**variables, "gates": {"gate": {"G": jnp.asarray(g)}}}
   return model, variables, images, labels
 

@@ -91,8 +91,8 @@ def _default_unroll() -> bool:
 
 
 def pgd(logits_fn: LogitsFn, images: jnp.ndarray, labels: jnp.ndarray, *, epsilon, step_size,
-        steps: int, mean: Sequence[float], std: Sequence[float], random_start: bool = True,
-        key=None, unroll: Optional[bool] = None) -> jnp.ndarray:
+        steps: int, mean: Sequence[float], std: Sequence[float], random_start: bool, key=None,
+        unroll: Optional[bool] = None) -> jnp.ndarray:
   """Projected gradient ascent on the cross-entropy in the L∞ ball of radius ε (pixel units).
 
   `unroll` (None: only on CPU) unrolls the `steps` iterations in the compiled program.
@@ -120,7 +120,7 @@ def pgd_step_size(cfg, epsilon: float) -> float:
 
 
 def make_attack_fns(model, mean: Sequence[float], std: Sequence[float], *, pgd_steps: int,
-                    random_start: bool = True):
+                    random_start: bool):
   """Jitted `fgsm(variables, images, labels, eps)` and `pgd(variables, images, labels, eps,
   step_size, key)` for a CSGClassifier; ε and step sizes are traced (one compile for all)."""
   mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)

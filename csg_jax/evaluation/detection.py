@@ -81,7 +81,7 @@ def _stack(clean, adversarial):
 
 
 def fit_logistic_detector(clean_features: np.ndarray, adversarial_features: np.ndarray, *,
-                          c: float = 1.0, seed: int = 0):
+                          c: float, seed: int):
   """A StandardScaler + logistic-regression detector fitted on clean (0) vs attacked (1)."""
   y, _ = _stack(np.zeros(len(clean_features)), np.zeros(len(adversarial_features)))
   if len(np.unique(y)) < 2:
