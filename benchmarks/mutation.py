@@ -15,7 +15,7 @@ one that runs past the timeout counts as killed too).
   python benchmarks/mutation.py --only gate:27,plan:43            # re-check some survivors
 
 Prints a line per mutant, the survivors, the score per module and, last, one JSON object.
-Takes about an hour on 2 CPU cores; the results are in benchmarks/RESULTS.md.
+Takes about 40 minutes on 2 CPU cores; the results are in benchmarks/RESULTS.md.
 """
 
 import argparse
