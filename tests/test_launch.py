@@ -123,4 +123,4 @@ def test_bad_config_leaves_no_new_workdir(tmp_path):
   workdir = tmp_path / "new" / "run"
   proc = _train(f"--workdir={workdir}", "--config.batch_size=-5")
   assert proc.returncode == 2 and "config.batch_size is -5" in proc.stderr
-  assert not os.path.exists(tmp_path / "new")  # the write check's folders are gone again
+  assert not os.path.exists(tmp_path / "new")  # checked before the workdir is created

@@ -150,17 +150,9 @@ def default_workdir(config) -> str:
 
 
 def check_workdir(workdir: str) -> None:
-  """Fails early, before any work, when the workdir cannot be created or written.
-
-  Folders it creates for the check are removed again: a run that then stops on a bad config
-  leaves nothing behind (training creates the workdir once everything is checked).
-  """
+  """Fails early, before any work, when the workdir cannot be created or written."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise CSGError(f"--workdir {workdir!r} exists and is not a folder; choose another path")
-  created, parent = [], os.path.abspath(workdir)
-  while not os.path.exists(parent):
-    created.append(parent)
-    parent = os.path.dirname(parent)
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
@@ -168,10 +160,6 @@ def check_workdir(workdir: str) -> None:
   except OSError as e:
     raise CSGError(f"cannot write to --workdir {workdir!r} ({e.strerror}); choose a folder you "
                    "can write to") from None
-  finally:
-    for folder in created:  # deepest first
-      if os.path.isdir(folder) and not os.listdir(folder):
-        os.rmdir(folder)
 
 
 def print_summary(results, workdir: str) -> None:

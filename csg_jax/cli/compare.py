@@ -20,7 +20,9 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdirs/compare",
 def main(argv):
   config = cli.start(argv, _CONFIG)
   with cli.user_errors():
+    from csg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
     from csg_jax.evaluation import report  # pylint: disable=g-import-not-at-top
+    config_lib.validate(config)  # a bad value stops the run before the workdir is created
     cli.check_workdir(_WORKDIR.value)
     report.train_and_compare(config, _WORKDIR.value)
 

@@ -36,7 +36,9 @@ def main(argv):
     # Imported here so that --help and flag errors answer without loading the training stack.
     from csg_jax import training  # pylint: disable=g-import-not-at-top
     from csg_jax.training import parallel  # pylint: disable=g-import-not-at-top
+    from csg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
     workdir = _WORKDIR.value or cli.default_workdir(config)
+    config_lib.validate(config)  # a bad value stops the run before the workdir is created
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     cli.check_workdir(workdir)
     results = training.train_and_evaluate(config, workdir)
