@@ -6,6 +6,7 @@ CSGError naming the field and the fix; a field renamed since an earlier version 
 new name (`RENAMED`).
 """
 
+import hashlib
 import inspect
 import re
 
@@ -95,6 +96,11 @@ def base_config(data_source: str = "digits") -> ml_collections.ConfigDict:
   return config
 
 
+# Fields added since an earlier version -> the value that reproduces that version's behaviour,
+# for config.json files written before the field existed.
+ADDED = {}
+
+
 def _flatten(tree: dict, prefix: str = "") -> dict:
   """{"a": {"b": 1}} -> {"a.b": 1}."""
   out = {}
@@ -107,9 +113,13 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def upgrade(config_dict: dict) -> dict:
-  """A config dict written by an earlier version, with renamed fields moved to their new names."""
+  """A config dict written by an earlier version, with renamed fields moved to their new names
+  and added fields set to their earlier behaviour."""
   out = {}
-  for name, value in _flatten(config_dict).items():
+  flat = _flatten(config_dict)
+  renamed = {RENAMED.get(name, name) for name in flat}
+  flat.update({name: value for name, value in ADDED.items() if name not in renamed})
+  for name, value in flat.items():
     *parents, leaf = RENAMED.get(name, name).split(".")
     node = out
     for part in parents:
@@ -153,6 +163,72 @@ def describe(config) -> str:
   width = max(len(f"{n} = {v}") for n, v in rows)
   return "\n".join(f"{n} = {v}".ljust(width) + (f"  # {comments[n]}" if n in comments else "")
                    for n, v in rows)
+
+
+# Fields that change how a run is watched or stored, not what it computes: they may differ when
+# a run resumes, and they do not name a workdir.
+BOOKKEEPING_FIELDS = frozenset({
+    "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+    "eval_batch_size", "data.cache_dir", "data.decode_workers", "data.prefetch",
+    "data.data_dir", "data.download"})
+# Already in a workdir name's stem (<dataset>_<model>_<method>).
+_NAME_STEM_FIELDS = frozenset({"method", "model.name", "data.source", "data.name"})
+
+
+def result_changes(before: dict, after: dict) -> list:
+  """Sorted [(field, before, after)] of the fields (other than bookkeeping) whose values differ
+  between two config dicts; a field missing on one side counts as None there."""
+  a, b = _flatten(upgrade(before)), _flatten(upgrade(after))
+  return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+          if k not in BOOKKEEPING_FIELDS and _plain(a.get(k)) != _plain(b.get(k))]
+
+
+def _plain(value):
+  """Tuples and lists compare equal (config.json stores tuples as lists)."""
+  return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _short_names(fields) -> dict:
+  """Each dotted field -> its shortest dotted suffix that no other field ends with."""
+  all_fields = list(_flatten(base_config().to_dict())) + list(fields)
+  out = {}
+  for field in fields:
+    parts = field.split(".")
+    for n in range(1, len(parts) + 1):
+      suffix = ".".join(parts[-n:])
+      if not any(f != field and (f == suffix or f.endswith("." + suffix)) for f in all_fields):
+        break
+    out[field] = suffix
+  return out
+
+
+def _name_value(value) -> str:
+  if isinstance(value, (list, tuple)):
+    return ",".join(_name_value(v) for v in value)
+  text = repr(value) if isinstance(value, float) else str(value)
+  return re.sub(r"[^\w.,+-]+", "_", text).strip("_") or "_"
+
+
+def run_name(config, defaults, max_length: int = 120) -> str:
+  """A workdir name: <dataset>_<model>_<method>, then -<field>=<value> for every result-changing
+  field whose value differs from `defaults` (the config file's own values), sorted by field.
+
+  Fields are named by their shortest unambiguous suffix (`target_density`, `gate.learning_rate`).
+  A name longer than `max_length` keeps its stem and ends in a hash of the differences.
+  """
+  config = config.to_dict() if hasattr(config, "to_dict") else config
+  defaults = defaults.to_dict() if hasattr(defaults, "to_dict") else defaults
+  data = config["data"]
+  stem = (f"{data['name'] if data['source'] == 'tfds' else data['source']}_"
+          f"{config['model']['name']}_{config['method']}")
+  changes = [(k, new) for k, _, new in result_changes(defaults, config)
+             if k not in _NAME_STEM_FIELDS]
+  short = _short_names([k for k, _ in changes])
+  name = stem + "".join(f"-{short[k]}={_name_value(v)}" for k, v in changes)
+  if len(name) > max_length:
+    digest = hashlib.sha256(repr(changes).encode()).hexdigest()[:10]
+    name = f"{stem}-{len(changes)}_changes-{digest}"
+  return name
 
 
 def _require(ok: bool, field: str, message: str) -> None:

@@ -102,8 +102,68 @@ def test_seed_sets_the_initialisation():
   from conftest import small_config  # pylint: disable=g-import-not-at-top
   inits = []
   for seed in (0, 0, 1):
-    setup = training.build(small_config(seed=seed))
+    config = small_config(seed=seed)
+    config.model.name = "tiny"  # initialised op by op: a small model keeps this test quick
+    setup = training.build(config)
     state = training.create_train_state(setup.model, setup.optimizers, (8, 8, 1), setup.rng)
     inits.append(np.asarray(state.params["head"]["kernel"]))
   np.testing.assert_array_equal(inits[0], inits[1])
   assert not np.allclose(inits[0], inits[2])
+
+
+def _digits_resnet8():
+  config = config_lib.base_config("digits")
+  config.model.name = "resnet8"
+  return config
+
+
+def test_run_name_lists_the_result_changing_overrides_by_field():
+  defaults = _digits_resnet8()
+  assert config_lib.run_name(defaults, defaults) == "digits_resnet8_csg"
+  config = _digits_resnet8()
+  config.method = "std"  # in the stem, not repeated
+  config.optimizer.milestones = (0.3, 0.6)
+  config.csg.gate.target_density = 0.05
+  config.csg.gate.learning_rate = 2.0
+  config.optimizer.learning_rate = 0.05
+  config.log_every_steps = 7  # bookkeeping: names nothing
+  config.data.prefetch = 0
+  # Sorted by full field name; `learning_rate` alone would be ambiguous (trunk, gate, alternate).
+  assert config_lib.run_name(config, defaults) == (
+      "digits_resnet8_std-gate.learning_rate=2.0-target_density=0.05"
+      "-optimizer.learning_rate=0.05-milestones=0.3,0.6")
+  config = _digits_resnet8()
+  config.data.path = "/data/my images"  # no slash or space in a folder name
+  assert config_lib.run_name(config, defaults) == "digits_resnet8_csg-path=data_my_images"
+
+
+def test_run_name_of_many_overrides_is_short_and_stable():
+  defaults = _digits_resnet8()
+  config = _digits_resnet8()
+  for i, field in enumerate(("init", "sparsity_weight", "target_density", "learning_rate",
+                             "momentum")):
+    config.csg.gate[field] = 0.01 * (i + 1)
+  for field in ("learning_rate", "momentum", "weight_decay", "grad_clip_norm"):
+    config.optimizer[field] = 0.123456789
+  name = config_lib.run_name(config, defaults, max_length=60)
+  assert len(name) <= 60 and re.fullmatch(r"digits_resnet8_csg-9_changes-[0-9a-f]{10}", name)
+  assert config_lib.run_name(config, defaults, max_length=60) == name
+  config.optimizer.momentum = 0.5
+  assert config_lib.run_name(config, defaults, max_length=60) != name
+
+
+def test_result_changes_ignore_bookkeeping_lists_and_old_names():
+  before = _digits_resnet8().to_dict()
+  after = _digits_resnet8()
+  after.keep_checkpoints = 9
+  after.eval_every_steps = 3
+  after.data.cache_dir = "/elsewhere"
+  assert config_lib.result_changes(before, after.to_dict()) == []
+  # config.json stores tuples as lists, and an earlier version's names.
+  saved = json.loads(json.dumps(before))
+  saved["csg"]["csg_weight"] = saved["csg"].pop("gated_loss_weight")
+  assert config_lib.result_changes(saved, after.to_dict()) == []
+  after.csg.gated_loss_weight = 0.5
+  after.data.mean = (0.1,)
+  assert config_lib.result_changes(saved, after.to_dict()) == [
+      ("csg.gated_loss_weight", 1.0, 0.5), ("data.mean", list(before["data"]["mean"]), (0.1,))]

@@ -34,11 +34,15 @@ def _console_script(command):
   return [path]
 
 
-def test_overrides_reach_the_run(tmp_path):
-  workdir = tmp_path / "w"
-  proc = _train(f"--workdir={workdir}", "--config.model.name=tiny", "--config.num_epochs=0.5",
-                "--config.method=std", "--config.batch_size=96", "--config.log_every_steps=2")
+def test_overrides_reach_the_run_and_name_its_workdir(tmp_path):
+  args = ["--config.model.name=tiny", "--config.num_epochs=0.5", "--config.method=std",
+          "--config.batch_size=96", "--config.log_every_steps=2"]
+  proc = _train(*args, cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  # Stem from data, model and method; then the result-changing overrides, sorted by field
+  # (log_every_steps changes no result and names nothing).
+  workdir = tmp_path / "workdirs" / "digits_tiny_std-batch_size=96-num_epochs=0.5"
+  assert os.listdir(tmp_path / "workdirs") == [workdir.name]
   results = json.loads((workdir / "results.json").read_text())
   assert results["model"] == "tiny" and results["method"] == "std"
   assert results["step"] == 8  # ceil(0.5 * 1437 / 96)
@@ -47,6 +51,22 @@ def test_overrides_reach_the_run(tmp_path):
   assert saved["batch_size"] == 96
   assert "done: std tiny on digits after step 8" in proc.stdout
   assert "img/s" in proc.stdout and "ETA" in proc.stdout
+
+  # The same command again: the run is finished, so it refuses and touches nothing.
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+  again = _train(*args, cwd=tmp_path)
+  assert again.returncode == 2
+  assert again.stderr.strip().splitlines() == [
+      f"error: {os.path.join('workdirs', workdir.name)} holds a finished run (step 8: accuracy "
+      f"{results['accuracy']:.4f}, MIS {results['mis']:.4f}); evaluate it with `python "
+      f"launch/evaluate.py --workdir {os.path.join('workdirs', workdir.name)}`, or train again "
+      f"in another --workdir (or delete {os.path.join('workdirs', workdir.name)})"]
+  # Into the same workdir with a changed field: refused, naming the field.
+  changed = _train(*args, f"--workdir={workdir}", "--config.seed=3", cwd=tmp_path)
+  assert changed.returncode == 2
+  assert f"{workdir} holds a run of another config (seed 0 -> 3); train in another --workdir" \
+      in changed.stderr
+  assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
 
 @pytest.mark.parametrize("args,expected", [

@@ -95,7 +95,8 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(straight_run, 
   # The SHA-256 manifest caught it, before orbax read a byte (damage may still parse).
   assert "step 23 is unusable (files changed since it was written:" in out
 
-  # With every checkpoint damaged the run refuses instead of restarting from step 0.
+  # With every checkpoint damaged the unfinished run refuses instead of restarting from step 0.
+  os.remove(os.path.join(workdir, "results.json"))
   for step in ("10", "20"):
     shutil.rmtree(os.path.join(workdir, "checkpoints", step, "default"))
   with pytest.raises(CSGError, match="Refusing to restart from step 0"):

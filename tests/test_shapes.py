@@ -124,12 +124,26 @@ def test_applications_end_to_end(tiny_runs, tmp_path):
   assert os.path.getsize(os.path.join(tiny_runs["csg"], "eval", "localization_examples.png"))
   assert "gate_consistency" in csg["adversarial"][0]["detection"]
   assert "gate_consistency" not in std["adversarial"][0]["detection"]
-  text = applications.compare(std, csg, std_curves, csg_curves, str(tmp_path / "cmp"))
+  text, written = applications.compare(std, csg, std_curves, csg_curves, str(tmp_path / "cmp"))
   assert "| CAM IoU |" in text and "| PGD | 8/255 |" in text and "| STD | CSG |" in text
   assert "GradMap" not in text  # only in the CSG report: no half-empty rows
-  assert sorted(os.listdir(tmp_path / "cmp")) == [
+  assert sorted(os.listdir(tmp_path / "cmp")) == sorted(written) == [
       "applications_std_vs_csg.json", "applications_std_vs_csg.md",
       "localization_std_vs_csg.png", "roc_std_vs_csg.png"]
+  # A run without localization (no masks): no localization figure, and none listed.
+  std.pop("localization")
+  _, written = applications.compare(std, csg, std_curves, csg_curves, str(tmp_path / "cmp2"))
+  assert sorted(os.listdir(tmp_path / "cmp2")) == sorted(written) == [
+      "applications_std_vs_csg.json", "applications_std_vs_csg.md", "roc_std_vs_csg.png"]
+
+
+def test_few_samples_warning_names_the_smallest_count():
+  def det(clean, adversarial):
+    return {"auc": 0.5, "num_clean": clean, "num_adversarial": adversarial}
+  assert applications.few_samples_warning({"a": det(12, 10), "b": det(50, 40)}) is None
+  warning = applications.few_samples_warning({"a": det(12, 1), "b": det(50, 40)})
+  assert warning.startswith("detection AUCs scored on as few as 1 clean or adversarial")
+  assert "as few as 9 " in applications.few_samples_warning({"a": det(9, 30)})
 
 
 def test_applications_cli_error_is_one_line(tmp_path):

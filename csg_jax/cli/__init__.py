@@ -144,13 +144,27 @@ def run(main: Callable[[List[str]], None]) -> None:
   app.run(main, flags_parser=parse_flags)
 
 
-def default_workdir(config) -> str:
-  dataset = config.data.name if config.data.source == "tfds" else config.data.source
-  return os.path.join("workdirs", f"{dataset}_{config.model.name}_{config.method}")
+def default_workdir(config, config_flag_name: str = "config") -> str:
+  """workdirs/<dataset>_<model>_<method>[-<field>=<value>...]: the overrides that differ from
+  the config file's values name the run, so a changed command never resumes another run."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from csg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  flag = flags.FLAGS[config_flag_name]
+  with config_errors():
+    defaults = config_flags.ConfigFileFlagParser(name=config_flag_name).parse(
+        config_flags.get_config_filename(flag))
+  return os.path.join("workdirs", config_lib.run_name(config, defaults))
 
 
 def check_workdir(workdir: str) -> None:
   """Fails early, before any work, when the workdir cannot be created or written."""
+  from csg_jax import fileio  # pylint: disable=g-import-not-at-top
+  if fileio.is_remote(workdir):
+    probe = fileio.join(workdir, ".write-test")
+    fileio.write_text_atomic(probe, "")  # a missing client, bucket or credential: one line
+    fileio.remove(probe)
+    return
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise CSGError(f"--workdir {workdir!r} exists and is not a folder; choose another path")
   try:

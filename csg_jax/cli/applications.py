@@ -35,11 +35,8 @@ def main(argv):
   cfg = cli.start(argv, _APP)
   start = time.perf_counter()
   with cli.user_errors():
-    report = applications.run_applications(cfg, _WORKDIRS.value, std_workdir=_STD.value,
-                                           csg_workdir=_CSG.value, out_dir=_OUT.value)
-  if report:
-    log(f"side-by-side report: {report} (+ .json, localization_std_vs_csg.png, "
-        "roc_std_vs_csg.png)")
+    applications.run_applications(cfg, _WORKDIRS.value, std_workdir=_STD.value,
+                                  csg_workdir=_CSG.value, out_dir=_OUT.value)
   log(f"done in {time.perf_counter() - start:.0f} s")
 
 

@@ -16,8 +16,10 @@ from csg_jax import cli
 
 _CONFIG = cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Where checkpoints, metrics and results go; a workdir holding checkpoints "
-    "resumes. Default: workdirs/<dataset>_<model>_<method> under the current folder.")
+    "workdir", None, "Where checkpoints, metrics and results go (a folder, gs://... or "
+    "s3://...); an unfinished run of the same config there resumes. Default: "
+    "workdirs/<dataset>_<model>_<method>[-<field>=<value>...] under the current folder, one "
+    "-<field>=<value> per override that changes the config file's value.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0, for a manual multi-process launch.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a manual launch.")

@@ -7,10 +7,9 @@ also a side-by-side report. Definitions and protocol: docs/applications.md.
 """
 
 import itertools
-import json
 import os
 import time
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -30,6 +29,8 @@ from csg_jax.log import log
 from csg_jax.training import parallel
 
 Report = Dict[str, Any]
+# Below this many held-out clean or adversarial examples a detection AUC is flagged as noise.
+MIN_DETECTION_SAMPLES = 10
 # {(attack, ε): {detector: {'auc', 'fpr', 'tpr', ...}}}: the ROC curves behind a report.
 Curves = Dict[Tuple[str, float], Dict[str, Dict[str, Any]]]
 
@@ -60,7 +61,7 @@ def run_applications(cfg, workdirs: Sequence[str] = (), *, std_workdir: Optional
   if not workdirs and not any(pair):
     raise CSGError("no run given: pass --workdir W, or --std_workdir and --csg_workdir")
   for w in list(workdirs) + [p for p in pair if p]:
-    if not os.path.isdir(w):
+    if not fileio.isdir(w):
       raise CSGError(f"workdir {w!r} does not exist; pass the --workdir of a training run")
   if all(pair):
     methods = [_method_of(w) for w in pair]
@@ -71,9 +72,11 @@ def run_applications(cfg, workdirs: Sequence[str] = (), *, std_workdir: Optional
   if not all(pair):
     return None
   (std, std_curves), (csg, csg_curves) = results[std_workdir], results[csg_workdir]
-  out_dir = out_dir or os.path.join(csg_workdir, "eval")
-  log("\n" + compare(std, csg, std_curves, csg_curves, out_dir))
-  return os.path.join(out_dir, "applications_std_vs_csg.md")
+  out_dir = out_dir or fileio.join(csg_workdir, "eval")
+  text, written = compare(std, csg, std_curves, csg_curves, out_dir)
+  path = fileio.join(out_dir, "applications_std_vs_csg.md")
+  log(f"\n{text}\nside-by-side report: {path} (+ {', '.join(written[1:])})")
+  return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,8 +100,8 @@ def evaluate_run(workdir: str, cfg, *, devices=None) -> Tuple[Report, Curves]:
   gate = run.state.host_gate()
   num_devices = run.mesh.devices.size
   names = list(dataset.class_names)
-  out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = fileio.join(workdir, "eval")
+  fileio.makedirs(out_dir)
   log(f"[{workdir}] {config.method} {config.model.name} on {dataset.name}, step {run.step}: "
       f"{len(dataset.splits['test'])} test images")
 
@@ -107,13 +110,12 @@ def evaluate_run(workdir: str, cfg, *, devices=None) -> Tuple[Report, Curves]:
       raise CSGError(f"app.{field}={size} must be a multiple of the {num_devices} devices; set "
                      f"--app.{field}")
 
-  report = {"workdir": os.path.abspath(workdir), "method": config.method,
+  report = {"workdir": fileio.absolute(workdir), "method": config.method,
             "model": config.model.name, "dataset": dataset.name, "step": int(run.step),
             "class_names": names, "gate_density": None if gate is None else float(gate.mean())}
-  results_path = os.path.join(workdir, "results.json")
-  if os.path.exists(results_path):
-    with open(results_path) as f:
-      report["mis"] = json.load(f).get("mis")
+  results_path = fileio.join(workdir, "results.json")
+  if fileio.exists(results_path):
+    report["mis"] = fileio.read_json(results_path).get("mis")
 
   # Clean predictions and features, and the forward+backward reference time. The attacks'
   # batch size throughout: the clean and attacked passes see the same batches.
@@ -141,15 +143,15 @@ def evaluate_run(workdir: str, cfg, *, devices=None) -> Tuple[Report, Curves]:
     panels = {f"{a.upper()} ε={e * 255:.0f}/255": {k: (v["fpr"], v["tpr"], v["auc"])
                                                   for k, v in det.items()}
               for (a, e), det in curves.items()}
-    plots.roc_figure(os.path.join(out_dir, "roc.png"), panels,
+    plots.roc_figure(fileio.join(out_dir, "roc.png"), panels,
                      title=f"{config.method.upper()} detection ROC ({dataset.name})")
 
   report["seconds"] = time.perf_counter() - start
-  fileio.write_json_atomic(os.path.join(out_dir, "applications.json"), report)
-  with open(os.path.join(out_dir, "applications.md"), "w") as f:
-    f.write(markdown_report({config.method.upper(): report}))
+  fileio.write_json_atomic(fileio.join(out_dir, "applications.json"), report)
+  fileio.write_text_atomic(fileio.join(out_dir, "applications.md"),
+                           markdown_report({config.method.upper(): report}))
   if "localization" in report:
-    plots.localization_iou_figure(os.path.join(out_dir, "localization.png"),
+    plots.localization_iou_figure(fileio.join(out_dir, "localization.png"),
                                   {config.method.upper(): report})
   log(f"  wrote {out_dir}/applications.json, applications.md and figures "
       f"({report['seconds']:.0f} s)")
@@ -182,7 +184,7 @@ def _localization(run, cfg, masks_path, fwd_bwd_seconds, out_dir, workdir) -> Re
         top_filters=np.asarray(loc["gradmap"]["top_filters"]) if "gradmap" in loc else None,
         thresholds=np.asarray(loc["activmap"]["thresholds"]) if "activmap" in loc else None,
         num=cfg.num_examples)
-    plots.localization_examples_figure(os.path.join(out_dir, "localization_examples.png"),
+    plots.localization_examples_figure(fileio.join(out_dir, "localization_examples.png"),
                                        examples, names,
                                        title=f"{config.method.upper()}: {workdir}")
   return loc
@@ -231,7 +233,20 @@ def _adversarial(run, cfg, eval_fn, clean, labels, gate):
       aucs = ", ".join(f"{k} {v['auc']:.3f}" for k, v in row["detection"].items())
       log(f"  {name} eps={eps * 255:.1f}/255: accuracy {row['accuracy']:.4f}; detection AUC "
           f"{aucs} ({row['seconds']:.1f} s)")
+      warning = few_samples_warning(row["detection"])
+      if warning:
+        log(f"  warning: {warning}")
   return rows, curves
+
+
+def few_samples_warning(detection: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
+  """A warning when some detector's AUC was scored on fewer than MIN_DETECTION_SAMPLES clean or
+  adversarial examples (e.g. one successful attack), else None."""
+  fewest = min(min(v["num_clean"], v["num_adversarial"]) for v in detection.values())
+  if fewest >= MIN_DETECTION_SAMPLES:
+    return None
+  return (f"detection AUCs scored on as few as {fewest} clean or adversarial example(s) "
+          f"(fewer than {MIN_DETECTION_SAMPLES}) say little; evaluate on more test images")
 
 
 def _method_of(workdir: str) -> Optional[str]:
@@ -376,16 +391,18 @@ def markdown_report(reports: Dict[str, Report]) -> str:
 
 
 def compare(std: Report, csg: Report, std_curves: Curves, csg_curves: Curves,
-            out_dir: str) -> str:
-  """Side-by-side markdown, JSON and figures of an STD and a CSG run; returns the markdown."""
-  os.makedirs(out_dir, exist_ok=True)
+            out_dir: str) -> Tuple[str, List[str]]:
+  """Side-by-side markdown, JSON and figures of an STD and a CSG run; returns the markdown and
+  the names of the files written (figures only for the applications both runs have)."""
+  fileio.makedirs(out_dir)
   reports = {"STD": std, "CSG": csg}
   text = "# STD vs CSG: localization and adversarial detection\n\n" + markdown_report(reports)
-  with open(os.path.join(out_dir, "applications_std_vs_csg.md"), "w") as f:
-    f.write(text)
-  fileio.write_json_atomic(os.path.join(out_dir, "applications_std_vs_csg.json"), reports)
+  fileio.write_text_atomic(fileio.join(out_dir, "applications_std_vs_csg.md"), text)
+  fileio.write_json_atomic(fileio.join(out_dir, "applications_std_vs_csg.json"), reports)
+  written = ["applications_std_vs_csg.md", "applications_std_vs_csg.json"]
   if "localization" in std and "localization" in csg:
-    plots.localization_iou_figure(os.path.join(out_dir, "localization_std_vs_csg.png"), reports)
+    plots.localization_iou_figure(fileio.join(out_dir, "localization_std_vs_csg.png"), reports)
+    written.append("localization_std_vs_csg.png")
   panels = {}
   for key in std_curves:
     if key not in csg_curves:
@@ -397,6 +414,7 @@ def compare(std: Report, csg: Report, std_curves: Curves, csg_curves: Curves,
         panel[f"{label} {det.replace('_', ' ')}"] = (v["fpr"], v["tpr"], v["auc"])
     panels[f"{attack.upper()} ε={eps * 255:.0f}/255"] = panel
   if panels:
-    plots.roc_figure(os.path.join(out_dir, "roc_std_vs_csg.png"), panels,
+    plots.roc_figure(fileio.join(out_dir, "roc_std_vs_csg.png"), panels,
                      title="Adversarial-sample detection: STD vs CSG")
-  return text
+    written.append("roc_std_vs_csg.png")
+  return text, written

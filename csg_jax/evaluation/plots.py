@@ -14,6 +14,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from csg_jax import fileio  # pylint: disable=wrong-import-position
+
+
+def _save(fig, path: str, *, dpi: int) -> None:
+  """Writes the figure in one step (locally or to an object store) and frees it."""
+  with fileio.atomic_file(path, suffix=".png") as tmp:
+    fig.savefig(tmp, dpi=dpi, format="png")
+  plt.close(fig)
+
 
 def filter_order(assigned: np.ndarray, strength: np.ndarray) -> np.ndarray:
   """Filters grouped by assigned class, strongest first within a class."""
@@ -42,8 +51,7 @@ def matrix_figure(path: str, matrix: np.ndarray, class_names: Sequence[str], *, 
   image = _matrix_axes(ax, matrix, order, class_names, vmax, title, cmap)
   fig.colorbar(image, ax=ax, label=colorbar_label)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path, dpi=100)
 
 
 def max_mi_histogram(path: str, max_mi: dict, *, mi_ceiling: float, title: str) -> None:
@@ -59,8 +67,7 @@ def max_mi_histogram(path: str, max_mi: dict, *, mi_ceiling: float, title: str) 
   ax.set_title(title)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path, dpi=100)
 
 
 def comparison_figure(path: str, runs: dict, class_names: Sequence[str], *,
@@ -93,8 +100,7 @@ def comparison_figure(path: str, runs: dict, class_names: Sequence[str], *,
     axes[2, col].set_xlabel("largest MI of a filter over classes (nats)")
     axes[2, col].set_ylabel("filters")
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  _save(fig, path, dpi=90)
 
 
 def roc_figure(path: str, panels: Mapping[str, Mapping[str, Tuple[np.ndarray, np.ndarray, float]]],
@@ -118,8 +124,7 @@ def roc_figure(path: str, panels: Mapping[str, Mapping[str, Tuple[np.ndarray, np
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path, dpi=110)
 
 
 def localization_examples_figure(path: str, examples: Dict[str, np.ndarray],
@@ -154,8 +159,7 @@ def localization_examples_figure(path: str, examples: Dict[str, np.ndarray],
   if title:
     fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path, dpi=100)
 
 
 def localization_iou_figure(path: str, reports: Mapping[str, Mapping]) -> None:
@@ -188,5 +192,4 @@ def localization_iou_figure(path: str, reports: Mapping[str, Mapping]) -> None:
                   "activmap": "ActivMap IoU (number of related filters)"}[method], ylim=(0, 1))
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path, dpi=110)

@@ -7,7 +7,6 @@ Table 1 form.
 """
 
 import dataclasses
-import os
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import jax
@@ -50,23 +49,24 @@ def evaluate_workdir(workdir: str, *, split: str = "test") -> Evaluation:
   by_gate = (None if gate is None else mis_lib.filters_per_class(
       mis_lib.assigned_class_from_gate(gate), num_classes))
 
-  out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
-  figures = {"mi_matrix": os.path.join(out_dir, "mi_matrix.png"),
-             "max_mi_histogram": os.path.join(out_dir, "max_mi_histogram.png")}
+  out_dir = fileio.join(workdir, "eval")
+  fileio.makedirs(out_dir)
+  figures = {"mi_matrix": "eval/mi_matrix.png", "max_mi_histogram": "eval/max_mi_histogram.png"}
+  if gate is not None:
+    figures["gate"] = "eval/gate.png"
   title = f"{run.config.method.upper()} {run.config.model.name} on {run.dataset.name}"
-  plots.matrix_figure(figures["mi_matrix"], mi, names, vmax=ceiling, colorbar_label="nats",
+  plots.matrix_figure(fileio.join(workdir, figures["mi_matrix"]), mi, names, vmax=ceiling, colorbar_label="nats",
                       title=f"{title}: MI(filter; class), MIS {summary['mis']:.3f}")
-  plots.max_mi_histogram(figures["max_mi_histogram"], {run.config.method.upper(): mi.max(0)},
+  plots.max_mi_histogram(fileio.join(workdir, figures["max_mi_histogram"]), {run.config.method.upper(): mi.max(0)},
                          mi_ceiling=ceiling, title=title)
   if gate is not None:
-    figures["gate"] = os.path.join(out_dir, "gate.png")
-    plots.matrix_figure(figures["gate"], gate, names, vmax=1.0, colorbar_label="gate value",
+    plots.matrix_figure(fileio.join(workdir, figures["gate"]), gate, names, vmax=1.0, colorbar_label="gate value",
                         title=f"{title}: gate G, L1 density {summary['gate_density']:.3f}",
                         cmap="magma")
-  np.save(os.path.join(out_dir, "mi_matrix.npy"), mi)
+  with fileio.atomic_file(fileio.join(out_dir, "mi_matrix.npy"), suffix=".npy") as tmp:
+    np.save(tmp, mi)
   report = {
-      "workdir": os.path.abspath(workdir),
+      "workdir": fileio.absolute(workdir),
       "method": run.config.method, "dataset": run.dataset.name, "model": run.config.model.name,
       "step": run.step, "split": split, "num_examples": summary["num_examples"],
       "accuracy": summary["accuracy"], "mis": summary["mis"],
@@ -75,10 +75,10 @@ def evaluate_workdir(workdir: str, *, split: str = "test") -> Evaluation:
       "filters_per_class": {"by_gate": None if by_gate is None else _per_class(by_gate, names),
                             "by_mi": _per_class(by_mi, names)},
       "mi_ceiling": ceiling,
-      "figures": {k: os.path.relpath(v, workdir) for k, v in figures.items()},
+      "figures": figures,
   }
   if jax.process_index() == 0:
-    fileio.write_json_atomic(os.path.join(out_dir, "report.json"), report)
+    fileio.write_json_atomic(fileio.join(out_dir, "report.json"), report)
   return Evaluation(report, mi, gate, names)
 
 
@@ -104,15 +104,15 @@ def comparison_markdown(reports: Mapping[str, Mapping[str, Any]], figure: str) -
 
 def write_comparison(root: str, evaluations: Mapping[str, Evaluation]) -> str:
   """<root>/compare.md and <root>/compare.png from per-run evaluations; returns the .md path."""
-  figure = os.path.join(root, "compare.png")
+  figure = fileio.join(root, "compare.png")
   ceiling = max(e.report["mi_ceiling"] for e in evaluations.values())
   plots.comparison_figure(
       figure, {k.upper(): {"mi_matrix": e.mi_matrix, "gate": e.gate}
                for k, e in evaluations.items()},
       next(iter(evaluations.values())).class_names, mi_ceiling=ceiling)
-  path = os.path.join(root, "compare.md")
-  with open(path, "w") as f:
-    f.write(comparison_markdown({k: e.report for k, e in evaluations.items()}, "compare.png"))
+  path = fileio.join(root, "compare.md")
+  fileio.write_text_atomic(
+      path, comparison_markdown({k: e.report for k, e in evaluations.items()}, "compare.png"))
   return path
 
 
@@ -124,9 +124,14 @@ def train_and_compare(config, root: str) -> str:
     run_config = config.copy_and_resolve_references()
     run_config.unlock()
     run_config.method = method
-    workdir = os.path.join(root, method)
-    log(f"== {method.upper()} run in {workdir}")
-    log(loop.summary_line(loop.train_and_evaluate(run_config, workdir), workdir))
+    workdir = fileio.join(root, method)
+    results = loop.finished_run(workdir, run_config)
+    if results is None:
+      log(f"== {method.upper()} run in {workdir}")
+      results = loop.train_and_evaluate(run_config, workdir)
+    else:  # a rerun after an interruption keeps the runs that finished
+      log(f"== {method.upper()} run in {workdir}: finished before, evaluating it")
+    log(loop.summary_line(results, workdir))
     evaluations[method] = evaluate_workdir(workdir)
   path = write_comparison(root, evaluations)
   std, csg = evaluations["std"].report, evaluations["csg"].report

@@ -6,11 +6,17 @@ goes to <workdir>/checkpoint_manifests/<step>.json, so later damage (a truncated
 file) is detected even where the bytes would still parse. On restore, a checkpoint that fails its
 manifest or fails to load is reported and the next older one is tried; a workdir whose
 checkpoints all fail is an error, never a silent restart from step 0.
+
+Workdirs on gs:// are written by orbax directly. Other object stores (s3://), which this orbax
+cannot write to, are staged: orbax saves into a local folder, each completed step is uploaded
+and only then gets its manifest, so a step without a manifest on the store is an incomplete
+upload and is never restored. Staging needs one process (a multi-host run on s3:// is refused).
 """
 
 import hashlib
-import json
 import os
+import shutil
+import tempfile
 from typing import Any, Dict, Optional, Tuple
 
 import jax
@@ -20,31 +26,58 @@ from csg_jax import fileio
 from csg_jax.log import log
 from csg_jax.errors import CSGError
 
+# Object stores orbax (tensorstore) reads and writes itself; others go through a local stage.
+_ORBAX_NATIVE_SCHEMES = ("gs",)
+
+
+def _staged(directory: str) -> bool:
+  return fileio.is_remote(directory) and directory.split("://")[0] not in _ORBAX_NATIVE_SCHEMES
+
 
 def _file_hashes(directory: str) -> Dict[str, str]:
   hashes = {}
-  for root, _, files in os.walk(directory):
-    for name in sorted(files):
-      path = os.path.join(root, name)
-      digest = hashlib.sha256()
-      with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-          digest.update(block)
-      hashes[os.path.relpath(path, directory)] = digest.hexdigest()
+  for rel in fileio.walk_files(directory):
+    digest = hashlib.sha256()
+    with fileio.open_read(fileio.join(directory, rel)) as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+    hashes[rel] = digest.hexdigest()
   return hashes
+
+
+def _step_dirs(directory: str) -> Dict[int, str]:
+  return {int(name): fileio.join(directory, name)
+          for name in fileio.listdir(directory) if name.isdigit()}
 
 
 class Checkpointer:
   """Saves every `every_steps` steps (and when forced), keeps the newest `keep` checkpoints."""
 
   def __init__(self, workdir: str, *, every_steps: int, keep: int):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    self.manifests = os.path.abspath(os.path.join(workdir, "checkpoint_manifests"))
+    workdir = fileio.absolute(workdir)
+    self.directory = fileio.join(workdir, "checkpoints")  # where the checkpoints live
+    self.manifests = fileio.join(workdir, "checkpoint_manifests")
     self.every_steps = every_steps
+    self._stage = None  # local folder orbax works in, for object stores orbax cannot write
+    self._uploaded = set()  # staged steps that are complete on the store
+    if _staged(self.directory):
+      if jax.process_count() > 1:
+        raise CSGError(f"a workdir on {self.directory.split('://')[0]}:// takes checkpoints "
+                       "through a local copy, which needs a single process; use a gs:// or "
+                       "shared-filesystem workdir for a multi-host run")
+      self._stage = tempfile.mkdtemp(prefix="csg_jax-checkpoints-")
+      self._download_complete_steps()
     self._manager = ocp.CheckpointManager(
-        self.directory,
+        self._stage or self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=True))
+
+  def _download_complete_steps(self) -> None:
+    manifests = set(fileio.listdir(self.manifests))
+    for step, path in _step_dirs(self.directory).items():
+      if f"{step}.json" in manifests:  # else an upload that did not finish
+        fileio.download_tree(path, os.path.join(self._stage, str(step)))
+        self._uploaded.add(step)
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -56,35 +89,46 @@ class Checkpointer:
     if step in self._manager.all_steps():
       return False
     self._write_manifests()  # for the previous save, which has had a whole interval to finish
-    return self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    saved = self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    if self._stage:
+      self._write_manifests()  # upload now: a local stage dies with the machine
+    return saved
 
   def _manifest_path(self, step: int) -> str:
-    return os.path.join(self.manifests, f"{step}.json")
+    return fileio.join(self.manifests, f"{step}.json")
 
   def _write_manifests(self) -> None:
-    """Hashes each completed checkpoint that has no manifest yet; drops those of deleted ones."""
+    """Hashes each completed checkpoint that has no manifest yet (uploading it first when
+    staged); drops the manifests (and uploads) of checkpoints orbax has deleted."""
     if jax.process_index() != 0:
       return
     self._manager.wait_until_finished()
-    os.makedirs(self.manifests, exist_ok=True)
+    fileio.makedirs(self.manifests)
     self._manager.reload()
     steps = set(self._manager.all_steps())
-    for step in steps:
-      path = self._manifest_path(step)
-      if not os.path.exists(path):
-        fileio.write_json_atomic(path, _file_hashes(os.path.join(self.directory, str(step))))
-    for name in os.listdir(self.manifests):
+    local = self._stage or self.directory
+    have = set(fileio.listdir(self.manifests))
+    for step in sorted(steps):
+      if f"{step}.json" not in have:
+        step_dir = os.path.join(local, str(step)) if self._stage else fileio.join(local, str(step))
+        if self._stage:
+          fileio.upload_tree(step_dir, fileio.join(self.directory, str(step)))
+          self._uploaded.add(step)
+        fileio.write_json_atomic(self._manifest_path(step), _file_hashes(step_dir))
+    for step in sorted(self._uploaded - steps):
+      fileio.rmtree(fileio.join(self.directory, str(step)))
+      self._uploaded.discard(step)
+    for name in have:
       if name.endswith(".json") and name[:-5].isdigit() and int(name[:-5]) not in steps:
-        os.remove(os.path.join(self.manifests, name))
+        fileio.remove(fileio.join(self.manifests, name))
 
   def _verify(self, step: int) -> Optional[str]:
     """None if the step's files match its manifest (or it has none yet), else what differs."""
     path = self._manifest_path(step)
-    if not os.path.exists(path):
+    if not fileio.exists(path):
       return None
-    with open(path) as f:
-      expected = json.load(f)
-    actual = _file_hashes(os.path.join(self.directory, str(step)))
+    expected = fileio.read_json(path)
+    actual = _file_hashes(fileio.join(self._stage or self.directory, str(step)))
     missing = sorted(set(expected) - set(actual))
     changed = sorted(k for k in expected if k in actual and actual[k] != expected[k])
     if missing or changed:
@@ -118,6 +162,8 @@ class Checkpointer:
   def close(self) -> None:
     self._write_manifests()
     self._manager.close()
+    if self._stage:
+      shutil.rmtree(self._stage, ignore_errors=True)
 
 
 def abstract_like(state: Any, sharding) -> Any:
@@ -129,24 +175,31 @@ def abstract_like(state: Any, sharding) -> Any:
 def load_pytree(path: str) -> Tuple[Dict[str, Any], str]:
   """The newest checkpoint under `path` (a workdir, its checkpoints/ or one step folder) as
   plain nested dicts of arrays, and the folder it came from. For `init_from`."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  if not os.path.isdir(path):
+  path = fileio.absolute(path)
+  if fileio.isdir(fileio.join(path, "checkpoints")):
+    path = fileio.join(path, "checkpoints")
+  if not fileio.isdir(path):
     raise CSGError(f"config.init_from={path!r} does not exist; point it at a csg_jax workdir "
                    "or one of its checkpoints/<step> folders")
   step_dir = path
-  if not os.path.basename(path).isdigit():
-    steps = sorted((int(d) for d in os.listdir(path) if d.isdigit()), reverse=True)
+  if not fileio.basename(path).isdigit():
+    steps = _step_dirs(path)
     if not steps:
       raise CSGError(f"config.init_from={path!r} holds no checkpoint (no <step> folders)")
-    step_dir = os.path.join(path, str(steps[0]))
-  manager = ocp.CheckpointManager(os.path.dirname(step_dir))
-  try:
-    tree = manager.restore(int(os.path.basename(step_dir)), args=ocp.args.StandardRestore())
-  except Exception as e:  # pylint: disable=broad-except
-    raise CSGError(f"config.init_from: could not read the checkpoint {step_dir} "
-                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-  finally:
-    manager.close()
+    step_dir = steps[max(steps)]
+  with tempfile.TemporaryDirectory(prefix="csg_jax-init-from-") as stage:
+    local = step_dir
+    if _staged(step_dir):
+      local = os.path.join(stage, fileio.basename(step_dir))
+      fileio.download_tree(step_dir, local)
+    parent, step = local.rstrip("/").rsplit("/", 1)
+    manager = ocp.CheckpointManager(parent)
+    try:
+      tree = manager.restore(int(step), args=ocp.args.StandardRestore())
+    except Exception as e:  # pylint: disable=broad-except
+      raise CSGError(f"config.init_from: could not read the checkpoint {step_dir} "
+                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                     ) from None
+    finally:
+      manager.close()
   return tree, step_dir

@@ -8,8 +8,6 @@ the batches it then sees are those the uninterrupted run would have seen (they a
 
 import contextlib
 import functools
-import json
-import os
 import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -17,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import traverse_util
 
 from csg_jax import config as config_lib
 from csg_jax import data as data_lib
@@ -135,13 +132,27 @@ def _describe_run(setup: run_lib.RunSetup) -> str:
           f"{setup.mesh.devices.size} device(s), {jax.process_count()} process(es)")
 
 
-def _config_changes(workdir: str, config) -> Sequence[str]:
-  """Fields that differ from the config the workdir was started with."""
-  if not os.path.exists(os.path.join(workdir, "config.json")):
-    return []
-  before = traverse_util.flatten_dict(run_lib.read_config(workdir).to_dict(), sep=".")
-  now = traverse_util.flatten_dict(json.loads(config.to_json()), sep=".")
-  return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+def _show(value) -> str:
+  return repr(tuple(value)) if isinstance(value, list) else repr(value)
+
+
+def finished_run(workdir: str, config) -> Optional[Dict[str, Any]]:
+  """The results.json of a finished run of `config` in `workdir`, or None when the workdir is
+  new or holds an unfinished run of it. A run of another config there is a CSGError naming the
+  differing fields, raised before anything is loaded."""
+  config_path = fileio.join(workdir, "config.json")
+  if not fileio.exists(config_path):
+    return None
+  changes = config_lib.result_changes(fileio.read_json(config_path), config.to_dict())
+  if changes:
+    listed = ", ".join(f"{k} {_show(old)} -> {_show(new)}" for k, old, new in changes[:4])
+    raise CSGError(
+        f"{workdir} holds a run of another config ({listed}"
+        f"{f' and {len(changes) - 4} more' if len(changes) > 4 else ''}); train in another "
+        "--workdir (left out, the default name includes your overrides), or delete "
+        f"{workdir} to start over")
+  results_path = fileio.join(workdir, "results.json")
+  return fileio.read_json(results_path) if fileio.exists(results_path) else None
 
 
 def _evaluate(setup: run_lib.RunSetup, eval_fn, state: TrainState) -> Dict[str, Any]:
@@ -157,14 +168,20 @@ def train_and_evaluate(config, workdir: str, *,
   Everything that can be checked is checked before the first file is written.
   """
   config_lib.validate(config)
+  results = finished_run(workdir, config)
+  if results is not None:
+    raise CSGError(
+        f"{workdir} holds a finished run (step {results['step']}: accuracy "
+        f"{results['accuracy']:.4f}, MIS {results['mis']:.4f}); evaluate it with "
+        f"`python launch/evaluate.py --workdir {workdir}`, or train again in another --workdir "
+        f"(or delete {workdir})")
   setup = run_lib.build(config, devices=devices)
   abstract = setup.abstract_state()
-  has_checkpoints = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
-      d.isdigit() for d in os.listdir(os.path.join(workdir, "checkpoints")))
+  has_checkpoints = any(d.isdigit() for d in fileio.listdir(fileio.join(workdir, "checkpoints")))
   pretrained = (state_lib.load_init_from(config.init_from, config.init_from_skip, abstract)
                 if config.init_from and not has_checkpoints else None)
 
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)
   lock = (workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0
           else contextlib.nullcontext())
   with lock:
@@ -175,9 +192,7 @@ def train_and_evaluate(config, workdir: str, *,
       state = _start(setup, workdir, pretrained)
       start_step = 0
     else:
-      changes = _config_changes(workdir, config)
-      log(f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}"
-          f"{'; config fields changed since the start: ' + ', '.join(changes) if changes else ''}")
+      log(f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}")
     return _train(setup, workdir, checkpointer, state, start_step)
 
 
@@ -192,8 +207,8 @@ def _start(setup: run_lib.RunSetup, workdir: str, pretrained) -> TrainState:
     state = jax.device_put(state_lib.apply_init_from(state, pretrained, setup.optimizers), repl)
   if jax.process_index() == 0:
     dataset = setup.dataset
-    fileio.write_json_atomic(os.path.join(workdir, "config.json"), setup.config.to_dict())
-    fileio.write_json_atomic(os.path.join(workdir, "dataset.json"),
+    fileio.write_json_atomic(fileio.join(workdir, "config.json"), setup.config.to_dict())
+    fileio.write_json_atomic(fileio.join(workdir, "dataset.json"),
                              {"name": dataset.name, "class_names": list(dataset.class_names),
                               "image_shape": list(dataset.image_shape)})
   log(_describe_run(setup))
@@ -205,64 +220,63 @@ def _train(setup: run_lib.RunSetup, workdir: str, checkpointer, state: TrainStat
   """Steps from start_step to the end of the plan, then the final evaluation and results.json."""
   config, plan, mesh = setup.config, setup.plan, setup.mesh
   train_fns, eval_fn = make_train_steps(setup), predict.make_eval_fn(setup.model, mesh)
-  writer = MetricWriter(workdir)
-  progress = _Progress(plan.total_steps, config.batch_size, start_step)
-  batches = data_lib.train_batches(setup.dataset, config.data,
-                                   global_batch_size=config.batch_size, seed=config.seed,
-                                   start_step=start_step, process_index=jax.process_index(),
-                                   process_count=jax.process_count())
-  last_checkpoint = checkpointer.latest_step()
-  pending = []
-  try:
-    with preemption.PreemptionWatcher() as watcher:
-      for step in range(start_step, plan.total_steps):
-        phase = plan.phase(step)
-        state, step_metrics = train_fns[phase](state, parallel.to_global(next(batches), mesh))
-        pending.append((step, step_metrics))
-        done = step + 1
-        log_now = done % config.log_every_steps == 0
-        stop = watcher.should_stop(done, sync_boundary=log_now)
-        save_now = stop or done == plan.total_steps or (
-            config.checkpoint_every_steps > 0 and done % config.checkpoint_every_steps == 0)
-        if save_now or log_now:
-          pending = jax.device_get(pending)
-          _check_finite(pending, last_checkpoint)  # never checkpoint a non-finite state
-          # Losses and accuracies: means over the steps since the last row. The gate's
-          # density and hinge describe the state: their values after the logged step.
-          means = {k: float(v if k in _STATE_METRICS else
-                            np.mean([m[k] for _, m in pending if k in m]))
-                   for k, v in pending[-1][1].items() if k != "gate_finite"}
-          # One tag for single-phase runs, so STD and joint CSG curves overlay in TensorBoard.
-          writer.write(done, "train" if len(plan.phases) == 1 else f"train_{phase}", means)
-          log(progress.line(done, means, phase))
-          pending = []
-        if save_now and checkpointer.maybe_save(done, state,
-                                                force=stop or done == plan.total_steps):
-          last_checkpoint = done
-        if stop:
-          raise preemption.Preempted(
-              f"stopped by {watcher.signal_name} after step {done}; checkpoint saved in "
-              f"{os.path.join(checkpointer.directory, str(last_checkpoint))}. Run the same "
-              "command again to resume.")
-        if (config.eval_every_steps > 0 and done % config.eval_every_steps == 0
-            and done < plan.total_steps):
-          summary = _evaluate(setup, eval_fn, state)
-          writer.write(done, "test", {k: v for k, v in summary.items() if isinstance(v, float)})
-          log(f"  eval at step {done}: accuracy {summary['accuracy']:.4f} "
-              f"MIS {summary['mis']:.4f}")
-  finally:
-    checkpointer.close()
-    writer.flush()
+  with MetricWriter(workdir) as writer:  # closed (and uploaded) however training ends
+    progress = _Progress(plan.total_steps, config.batch_size, start_step)
+    batches = data_lib.train_batches(setup.dataset, config.data,
+                                     global_batch_size=config.batch_size, seed=config.seed,
+                                     start_step=start_step, process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+    last_checkpoint = checkpointer.latest_step()
+    pending = []
+    try:
+      with preemption.PreemptionWatcher() as watcher:
+        for step in range(start_step, plan.total_steps):
+          phase = plan.phase(step)
+          state, step_metrics = train_fns[phase](state, parallel.to_global(next(batches), mesh))
+          pending.append((step, step_metrics))
+          done = step + 1
+          log_now = done % config.log_every_steps == 0
+          stop = watcher.should_stop(done, sync_boundary=log_now)
+          save_now = stop or done == plan.total_steps or (
+              config.checkpoint_every_steps > 0 and done % config.checkpoint_every_steps == 0)
+          if save_now or log_now:
+            pending = jax.device_get(pending)
+            _check_finite(pending, last_checkpoint)  # never checkpoint a non-finite state
+            # Losses and accuracies: means over the steps since the last row. The gate's
+            # density and hinge describe the state: their values after the logged step.
+            means = {k: float(v if k in _STATE_METRICS else
+                              np.mean([m[k] for _, m in pending if k in m]))
+                     for k, v in pending[-1][1].items() if k != "gate_finite"}
+            # One tag for single-phase runs, so STD and joint CSG curves overlay in TensorBoard.
+            writer.write(done, "train" if len(plan.phases) == 1 else f"train_{phase}", means)
+            log(progress.line(done, means, phase))
+            pending = []
+          if save_now and checkpointer.maybe_save(done, state,
+                                                  force=stop or done == plan.total_steps):
+            last_checkpoint = done
+            writer.flush()  # metrics as far as the checkpoint (uploaded, on an object store)
+          if stop:
+            raise preemption.Preempted(
+                f"stopped by {watcher.signal_name} after step {done}; checkpoint saved in "
+                f"{fileio.join(checkpointer.directory, str(last_checkpoint))}. Run the same "
+                "command again to resume.")
+          if (config.eval_every_steps > 0 and done % config.eval_every_steps == 0
+              and done < plan.total_steps):
+            summary = _evaluate(setup, eval_fn, state)
+            writer.write(done, "test", {k: v for k, v in summary.items() if isinstance(v, float)})
+            log(f"  eval at step {done}: accuracy {summary['accuracy']:.4f} "
+                f"MIS {summary['mis']:.4f}")
+    finally:
+      checkpointer.close()
 
-  summary = _evaluate(setup, eval_fn, state)
-  writer.write(plan.total_steps, "test",
-               {k: v for k, v in summary.items() if isinstance(v, float)})
-  writer.close()
+    summary = _evaluate(setup, eval_fn, state)
+    writer.write(plan.total_steps, "test",
+                 {k: v for k, v in summary.items() if isinstance(v, float)})
   results = {"method": config.method, "dataset": setup.dataset.name, "model": config.model.name,
              "step": int(jax.device_get(state.step)), "accuracy": summary["accuracy"],
              "mis": summary["mis"], "gate_density": summary["gate_density"]}
   if jax.process_index() == 0:
-    fileio.write_json_atomic(os.path.join(workdir, "results.json"), results)
+    fileio.write_json_atomic(fileio.join(workdir, "results.json"), results)
   return results
 
 
@@ -272,4 +286,4 @@ def summary_line(results: Mapping[str, Any], workdir: str) -> str:
   density = "n/a (std)" if density is None else f"{density:.4f}"
   return (f"done: {results['method']} {results['model']} on {results['dataset']} after step "
           f"{results['step']}: accuracy {results['accuracy']:.4f}, MIS {results['mis']:.4f}, "
-          f"gate L1 density {density}; results in {os.path.join(workdir, 'results.json')}")
+          f"gate L1 density {density}; results in {fileio.join(workdir, 'results.json')}")

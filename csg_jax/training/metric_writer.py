@@ -1,15 +1,20 @@
 """Training metrics to <workdir>/metrics.jsonl (one JSON object a line) and TensorBoard events.
 
 Only process 0 writes. TensorBoard event files come from tensorboardX, so neither writing nor
-viewing them needs TensorFlow.
+viewing them needs TensorFlow. For a workdir on an object store, which cannot append, both are
+written to a local folder and uploaded whole at each flush (every checkpoint and at the end).
 """
 
 import json
 import math
 import os
+import shutil
+import tempfile
 from typing import Mapping
 
 import jax
+
+from csg_jax import fileio
 
 
 def _plain(value):
@@ -23,10 +28,19 @@ class MetricWriter:
     self.enabled = enabled and jax.process_index() == 0
     self._jsonl = None
     self._tb = None
+    self._workdir = workdir
+    self._stage = None  # local copy of the workdir's metric files, for object stores
     if self.enabled:
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+      local = workdir
+      if fileio.is_remote(workdir):
+        local = self._stage = tempfile.mkdtemp(prefix="csg_jax-metrics-")
+        remote_jsonl = fileio.join(workdir, "metrics.jsonl")
+        if fileio.exists(remote_jsonl):  # a resumed run appends to the rows it wrote before
+          with open(os.path.join(local, "metrics.jsonl"), "wb") as f:
+            f.write(fileio.read_bytes(remote_jsonl))
+      self._jsonl = open(os.path.join(local, "metrics.jsonl"), "a", buffering=1)
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(os.path.join(local, "tensorboard"))
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -41,8 +55,20 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.flush()
       self._tb.flush()
+      if self._stage:
+        fileio.upload_tree(self._stage, self._workdir)
 
   def close(self) -> None:
     if self.enabled:
+      self.flush()
       self._jsonl.close()
       self._tb.close()
+      if self._stage:
+        fileio.upload_tree(self._stage, self._workdir)
+        shutil.rmtree(self._stage, ignore_errors=True)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()

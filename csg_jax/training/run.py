@@ -2,8 +2,6 @@
 plan, the optimisers, the device mesh. Used to start a run and to restore a finished one."""
 
 import dataclasses
-import json
-import os
 from typing import Any, Dict, Optional, Sequence
 
 import jax
@@ -12,6 +10,7 @@ import optax
 
 from csg_jax import config as config_lib
 from csg_jax import data as data_lib
+from csg_jax import fileio
 from csg_jax import models
 from csg_jax import optimizer as optimizer_lib
 from csg_jax.errors import CSGError
@@ -54,12 +53,11 @@ def build(config, *, devices: Optional[Sequence[jax.Device]] = None) -> RunSetup
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (fields renamed since then under their new names)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = fileio.join(workdir, "config.json")
+  if not fileio.exists(path):
     raise CSGError(f"{workdir!r} holds no config.json: is it a csg_jax workdir? "
                    "(train one with launch/train.py --workdir ...)")
-  with open(path) as f:
-    return ml_collections.ConfigDict(config_lib.upgrade(json.load(f)))
+  return ml_collections.ConfigDict(config_lib.upgrade(fileio.read_json(path)))
 
 
 @dataclasses.dataclass

@@ -2,6 +2,7 @@
 
 A lock left by a process that no longer runs (crash, SIGKILL, preemption) is taken over. Only
 process 0 of a multi-process run takes the lock: the processes of one run share the workdir.
+On an object store the lock is advisory (see fileio.create_exclusive).
 """
 
 import json
@@ -9,6 +10,7 @@ import os
 import socket
 from typing import Optional
 
+from csg_jax import fileio
 from csg_jax.errors import CSGError
 from csg_jax.log import log
 
@@ -28,22 +30,19 @@ def _alive(pid: int) -> bool:
 class WorkdirLock:
 
   def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, LOCK_NAME)
+    self.path = fileio.join(workdir, LOCK_NAME)
     self._held = False
 
   def _owner(self) -> Optional[dict]:
     try:
-      with open(self.path) as f:
-        return json.load(f)
+      return fileio.read_json(self.path)
     except (OSError, ValueError):
       return None  # vanished or half-written: treated as stale below
 
   def acquire(self) -> None:
     me = {"pid": os.getpid(), "host": socket.gethostname()}
     for _ in range(2):  # the second try follows the removal of a stale lock
-      try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
+      if not fileio.create_exclusive(self.path, json.dumps(me)):
         owner = self._owner()
         if owner and owner.get("host") == me["host"] and _alive(int(owner.get("pid", -1))):
           raise CSGError(
@@ -55,13 +54,8 @@ class WorkdirLock:
               f"which cannot be checked from here; if that run is gone, delete {self.path}")
         log(f"Taking over a stale lock of pid {owner.get('pid') if owner else '?'} "
             f"({self.path})")
-        try:
-          os.remove(self.path)
-        except FileNotFoundError:
-          pass
+        fileio.remove(self.path)
         continue
-      with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
       self._held = True
       return
     raise CSGError(f"could not take the workdir lock {self.path}; another run started just now?")
@@ -69,10 +63,7 @@ class WorkdirLock:
   def release(self) -> None:
     if self._held:
       self._held = False
-      try:
-        os.remove(self.path)
-      except FileNotFoundError:
-        pass
+      fileio.remove(self.path)
 
   def __enter__(self):
     self.acquire()
