@@ -134,7 +134,8 @@ def load_pytree(path: str) -> Tuple[Dict[str, Any], str]:
     path = os.path.join(path, "checkpoints")
   if not os.path.isdir(path):
     raise CSGError(f"config.init_from={path!r} does not exist; point it at a csg_jax workdir "
-                   "or one of its checkpoints/<step> folders")
+                   "or one of its checkpoints/<step> folders (launch/import_torch.py writes one "
+                   "from PyTorch weights)")
   step_dir = path
   if not os.path.basename(path).isdigit():
     steps = sorted((int(d) for d in os.listdir(path) if d.isdigit()), reverse=True)
