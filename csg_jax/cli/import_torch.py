@@ -1,9 +1,9 @@
 r"""Imports a PyTorch ResNet (torchvision, timm, or the authors' CSG.pt/STD.pt) as a workdir.
 
-  csg-import-torch --weights resnet152-f82ba261.pth --config.model.name=resnet152 \
+  csg-import-torch --weights resnet152-394f9c45.pth --config.model.name=resnet152 \
       --workdir workdirs/resnet152_imagenet
-  csg-train --config configs/voc_part_resnet152.py --config.data.path=/data/voc_part \
-      --config.init_from=workdirs/resnet152_imagenet --config.init_from_skip='^head/'
+  csg-train --config configs/voc_part_resnet152.py --config.data.path=/data/voc_part
+      # (that config sets init_from=workdirs/resnet152_imagenet, init_from_skip='^head/')
 
   csg-import-torch --weights CSG.pt --config configs/voc_part_resnet152.py \
       --config.data.path=/data/voc_part --workdir workdirs/authors_csg
