@@ -1,8 +1,17 @@
 """The authors' released procedure: ResNet-152 on VOC Part animals (6 classes, 128x128 crops).
 
-Alternating STD/CSG epochs with two Adam optimisers, lower layers frozen. The VOC Part crops are
-read as an image folder (train/<class>/*.jpg, test/<class>/*.jpg): pass --config.data.path.
-ImageNet-pretrained weights are not bundled: start from converted weights with your own workflow.
+Alternating STD/CSG epochs with two Adam optimisers, lower layers frozen, starting from
+ImageNet-pretrained weights. Those are torchvision's, imported once into a workdir (the STD
+baseline is configs/voc_part_resnet152_std.py):
+
+  python launch/import_torch.py --weights resnet152-394f9c45.pth \
+      --config.model.name=resnet152 --workdir workdirs/resnet152_imagenet
+  python launch/build_voc_part.py --voc_root VOCdevkit/VOC2010 \
+      --annotations_dir Annotations_Part --out data/voc_part
+  python launch/train.py --config configs/voc_part_resnet152.py --config.data.path=data/voc_part
+
+init_from is relative to the folder training runs in; point it elsewhere with
+--config.init_from=<workdir>.
 """
 
 from csg_jax.config import base_config
@@ -19,6 +28,8 @@ def get_config():
   config.batch_size = 32  # global batch
   config.eval_batch_size = 64  # global eval batch
   config.checkpoint_every_steps = 1000  # steps between checkpoints
+  config.init_from = "workdirs/resnet152_imagenet"  # ImageNet weights from launch/import_torch.py
+  config.init_from_skip = "^head/"  # a new 6-class head (the gate starts fresh: none there)
   config.model.name = "resnet152"  # K = 2048
   config.optimizer.name = "adam"  # optimiser A, STD epochs
   config.optimizer.learning_rate = 1e-5  # optimiser A learning rate

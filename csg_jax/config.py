@@ -59,6 +59,7 @@ def base_config(data_source: str = "digits") -> ml_collections.ConfigDict:
   config.model.name = "resnet20"  # tiny | resnet{6n+2} (CIFAR) | resnet18/34/50/101/152 (ImageNet)
   config.model.width = 0  # base width (0: the architecture's standard 16 or 64)
   config.model.dtype = "float32"  # trunk compute dtype: float32 | bfloat16 | float16
+  config.model.pytorch_padding = True  # ImageNet ResNets pad like PyTorch (False: "SAME")
 
   config.optimizer = ml_collections.ConfigDict()  # trunk optimiser (STD epochs when alternating)
   config.optimizer.name = "sgd"  # sgd | adam
@@ -96,11 +97,6 @@ def base_config(data_source: str = "digits") -> ml_collections.ConfigDict:
   return config
 
 
-# Fields added since an earlier version -> the value that reproduces that version's behaviour,
-# for config.json files written before the field existed.
-ADDED = {}
-
-
 def _flatten(tree: dict, prefix: str = "") -> dict:
   """{"a": {"b": 1}} -> {"a.b": 1}."""
   out = {}
@@ -112,19 +108,31 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
   return out
 
 
+# Fields added since an earlier version -> the value that keeps an older run's function (read
+# when its config.json lacks the field), where that differs from today's default.
+ADDED = {
+    "model.pytorch_padding": False,  # runs before it padded stride-2 windows "SAME"
+}
+
+
+def _parent(tree: dict, name: str):
+  """(the dict holding dotted `name` in `tree`, created as needed; its last part)."""
+  *parents, leaf = name.split(".")
+  for part in parents:
+    tree = tree.setdefault(part, {})
+  return tree, leaf
+
+
 def upgrade(config_dict: dict) -> dict:
   """A config dict written by an earlier version, with renamed fields moved to their new names
-  and added fields set to their earlier behaviour."""
+  and added fields set to the value that reproduces the older model (`ADDED`)."""
   out = {}
-  flat = _flatten(config_dict)
-  renamed = {RENAMED.get(name, name) for name in flat}
-  flat.update({name: value for name, value in ADDED.items() if name not in renamed})
-  for name, value in flat.items():
-    *parents, leaf = RENAMED.get(name, name).split(".")
-    node = out
-    for part in parents:
-      node = node.setdefault(part, {})
+  for name, value in _flatten(config_dict).items():
+    node, leaf = _parent(out, RENAMED.get(name, name))
     node[leaf] = value
+  for name, value in ADDED.items():
+    node, leaf = _parent(out, name)
+    node.setdefault(leaf, value)
   return out
 
 
@@ -267,6 +275,8 @@ def validate(config) -> None:
   models.build_backbone(config.model.name)  # raises on an unknown name
   _one_of(config, "model.dtype", DTYPES)
   _require(config.model.width >= 0, "model.width", "must be >= 0 (0: standard width)")
+  _require(isinstance(config.model.pytorch_padding, bool), "model.pytorch_padding",
+           "must be True or False")
 
   opt = config.optimizer
   _one_of(config, "optimizer.name", optimizer_lib.OPTIMIZERS)

@@ -20,7 +20,7 @@ ModuleDef = Any
 
 _RESNET = re.compile(r"^resnet(\d+)$")
 # ImageNet-style depths -> (block type, blocks per stage).
-_IMAGENET_RESNETS = {
+IMAGENET_RESNETS = {
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
     50: ("bottleneck", (3, 4, 6, 3)),
@@ -35,13 +35,15 @@ class BasicBlock(nn.Module):
   strides: int
   conv: ModuleDef
   norm: ModuleDef
+  padding: Any  # of the 3x3 convs: "SAME" or explicit pairs (see ResNet.pytorch_padding)
 
   @nn.compact
   def __call__(self, x):
     residual = x
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), name="conv1")(x)
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), padding=self.padding,
+                  name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
-    y = self.conv(self.filters, (3, 3), name="conv2")(y)
+    y = self.conv(self.filters, (3, 3), padding=self.padding, name="conv2")(y)
     # Zero-init the last BN scale so each block starts as the identity (stabler deep nets).
     y = self.norm(name="bn2", scale_init=nn.initializers.zeros)(y)
     if residual.shape != y.shape:
@@ -57,12 +59,14 @@ class BottleneckBlock(nn.Module):
   strides: int
   conv: ModuleDef
   norm: ModuleDef
+  padding: Any  # of the 3x3 conv: "SAME" or explicit pairs (see ResNet.pytorch_padding)
 
   @nn.compact
   def __call__(self, x):
     residual = x
     y = nn.relu(self.norm(name="bn1")(self.conv(self.filters, (1, 1), name="conv1")(x)))
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), name="conv2")(y)
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), padding=self.padding,
+                  name="conv2")(y)
     y = nn.relu(self.norm(name="bn2")(y))
     y = self.conv(self.filters * 4, (1, 1), name="conv3")(y)
     y = self.norm(name="bn3", scale_init=nn.initializers.zeros)(y)
@@ -78,11 +82,17 @@ class ResNet(nn.Module):
 
   `cifar_stem=True` is the CIFAR layout (3x3 stem, no max-pool, stages of 16/32/64 x width);
   otherwise the ImageNet layout (7x7/2 stem, 3x3/2 max-pool, stages of 64..512 x width).
+
+  `pytorch_padding=True` pads every 3x3 conv and the max-pool by one pixel on each side, as
+  PyTorch does, so that imported torchvision weights give PyTorch's logits. With False they use
+  "SAME", which pads a stride-2 window on an even size by (0, 1): the layout of runs written
+  before the field existed. Parameter shapes are the same either way.
   """
   stage_sizes: Sequence[int]
   block: str
   base_width: int
   cifar_stem: bool
+  pytorch_padding: bool
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -92,6 +102,7 @@ class ResNet(nn.Module):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype)
     block_cls = BasicBlock if self.block == "basic" else BottleneckBlock
+    padding = [(1, 1), (1, 1)] if self.pytorch_padding else "SAME"
     x = x.astype(self.dtype)
     if self.cifar_stem:
       x = conv(self.base_width, (3, 3), name="stem_conv")(x)
@@ -99,11 +110,11 @@ class ResNet(nn.Module):
     else:
       x = conv(self.base_width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=padding)  # pads with -inf
     for stage, num_blocks in enumerate(self.stage_sizes):
       for b in range(num_blocks):
         strides = 2 if stage > 0 and b == 0 else 1
-        x = block_cls(self.base_width * 2**stage, strides, conv, norm,
+        x = block_cls(self.base_width * 2**stage, strides, conv, norm, padding,
                       name=f"stage{stage + 1}_block{b + 1}")(x)
     return x
 
@@ -158,22 +169,29 @@ MODEL_NAMES = ("tiny", "resnet{6n+2} (CIFAR: resnet8, resnet20, resnet32, resnet
                "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
-def build_backbone(name: str, *, width: int = 0, dtype: Any = jnp.float32):
-  """Returns (backbone module, K). `width` 0 keeps the architecture's standard width."""
+def build_backbone(name: str, *, width: int = 0, dtype: Any = jnp.float32,
+                   pytorch_padding: bool = True):
+  """Returns (backbone module, K). `width` 0 keeps the architecture's standard width.
+
+  `pytorch_padding` applies to the ImageNet-style ResNets only (see ResNet); the CIFAR family
+  keeps "SAME", the layout its documented results were trained with.
+  """
   match = _RESNET.match(name)
   depth = int(match.group(1)) if match else 0
   if name == "tiny":
     w = width or 8
     return TinyCNN(width=w, dtype=dtype), 2 * w
-  if depth in _IMAGENET_RESNETS:
-    block, stages = _IMAGENET_RESNETS[depth]
+  if depth in IMAGENET_RESNETS:
+    block, stages = IMAGENET_RESNETS[depth]
     w = width or 64
     k = w * 2**(len(stages) - 1) * (4 if block == "bottleneck" else 1)
-    return ResNet(stages, block, w, cifar_stem=False, dtype=dtype), k
+    return ResNet(stages, block, w, cifar_stem=False, dtype=dtype,
+                  pytorch_padding=pytorch_padding), k
   if depth >= 8 and (depth - 2) % 6 == 0:  # CIFAR family: 6n + 2 layers
     n = (depth - 2) // 6
     w = width or 16
-    return ResNet((n, n, n), "basic", w, cifar_stem=True, dtype=dtype), 4 * w
+    return ResNet((n, n, n), "basic", w, cifar_stem=True, pytorch_padding=False,
+                  dtype=dtype), 4 * w
   raise CSGError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)} "
                  "(set --config.model.name)")
 
@@ -184,7 +202,8 @@ def build_model(model_config, num_classes: int, *, use_gate: bool,
   if model_config.dtype not in dtypes:
     raise CSGError(f"unknown model.dtype {model_config.dtype!r}; use one of {sorted(dtypes)}")
   backbone, k = build_backbone(model_config.name, width=model_config.width,
-                               dtype=dtypes[model_config.dtype])
+                               dtype=dtypes[model_config.dtype],
+                               pytorch_padding=model_config.pytorch_padding)
   return CSGClassifier(backbone, num_classes, k, use_gate=use_gate,
                        gate_init=gate_init)
 

@@ -62,6 +62,15 @@ def test_upgrade_moves_every_old_name():
       new, sort_keys=True, default=str)
 
 
+def test_config_json_without_pytorch_padding_keeps_same_padding():
+  """Runs written before the field padded "SAME"; they must keep that function when restored."""
+  saved = config_lib.base_config().to_dict()
+  del saved["model"]["pytorch_padding"]
+  assert config_lib.upgrade(saved)["model"]["pytorch_padding"] is False
+  assert config_lib.base_config().model.pytorch_padding is True  # new runs pad like PyTorch
+  assert "model.pytorch_padding = True" in config_lib.describe(config_lib.base_config())
+
+
 @pytest.mark.parametrize("name", ["csg.target_density", "target_density"])
 def test_renamed_field_message_names_the_new_field(name):
   assert "csg.gate.target_density" in config_lib.renamed_field_message(name)

@@ -130,7 +130,8 @@ def test_model_names():
 
 def test_model_width_and_dtype_reach_the_trunk():
   import ml_collections  # pylint: disable=g-import-not-at-top
-  cfg = ml_collections.ConfigDict({"name": "resnet8", "width": 4, "dtype": "bfloat16"})
+  cfg = ml_collections.ConfigDict({"name": "resnet8", "width": 4, "dtype": "bfloat16",
+                                   "pytorch_padding": True})
   model = models.build_model(cfg, 3, use_gate=True, gate_init=0.25)
   x = jnp.ones((2, 8, 8, 1))
   variables = model.init(jax.random.PRNGKey(0), x)

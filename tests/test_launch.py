@@ -11,7 +11,8 @@ import pytest
 from conftest import REPO
 
 
-COMMANDS = ("train", "evaluate", "compare", "applications", "build_shapes", "build_voc_part")
+COMMANDS = ("train", "evaluate", "compare", "applications", "build_shapes", "build_voc_part",
+            "import_torch")
 
 
 def _run(argv, cwd=None):

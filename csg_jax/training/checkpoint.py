@@ -180,7 +180,8 @@ def load_pytree(path: str) -> Tuple[Dict[str, Any], str]:
     path = fileio.join(path, "checkpoints")
   if not fileio.isdir(path):
     raise CSGError(f"config.init_from={path!r} does not exist; point it at a csg_jax workdir "
-                   "or one of its checkpoints/<step> folders")
+                   "or one of its checkpoints/<step> folders (launch/import_torch.py writes one "
+                   "from PyTorch weights)")
   step_dir = path
   if not fileio.basename(path).isdigit():
     steps = _step_dirs(path)

@@ -86,3 +86,32 @@ def load_run(workdir: str, *, devices: Optional[Sequence[jax.Device]] = None) ->
   if state is None:
     raise CSGError(f"{workdir!r} holds no checkpoint yet; train it first with launch/train.py")
   return TrainedRun(setup, state, step)
+
+
+def check_new_workdir(workdir: str) -> None:
+  """Refuses a workdir that already holds a run, before any work is done for a new one."""
+  if fileio.exists(fileio.join(workdir, "config.json")) or fileio.listdir(
+      fileio.join(workdir, "checkpoints")):
+    raise CSGError(f"{workdir!r} already holds a run (config.json or checkpoints); choose a new "
+                   "--workdir, or remove that one")
+
+
+def save_as_run(config, variables: Dict[str, Any], workdir: str) -> None:
+  """Writes `variables` (imported weights) as step 0 of a run of `config` in a new `workdir`:
+  config.json and a checkpoint of the whole train state with fresh optimiser states, which
+  load_run, evaluation and init_from then read like those of any run.
+
+  Needs no data: the optimiser states' structure depends on the config only, not on the data
+  set's size, so the plan is laid out for a nominal epoch of one batch.
+  """
+  check_new_workdir(workdir)
+  optimizers = optimizer_lib.make_optimizers(config, Plan.from_config(config, config.batch_size))
+  state = state_lib.state_from_variables(variables, optimizers)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, every_steps=0,
+                                             keep=config.keep_checkpoints)
+  try:
+    checkpointer.maybe_save(0, state, force=True)
+  finally:
+    checkpointer.close()
+  # Last: a workdir with config.json is complete.
+  fileio.write_json_atomic(fileio.join(workdir, "config.json"), config.to_dict())

@@ -47,6 +47,13 @@ def create_train_state(model: models.CSGClassifier,
                        optimizers: Mapping[str, optax.GradientTransformation],
                        image_shape: Sequence[int], rng: jax.Array) -> TrainState:
   variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  return state_from_variables(variables, optimizers)
+
+
+def state_from_variables(variables: Mapping[str, Any],
+                         optimizers: Mapping[str, optax.GradientTransformation]) -> TrainState:
+  """Step 0 of a run holding `variables` (a fresh init, or imported weights), with fresh
+  optimiser states."""
   params = variables["params"]
   gates = variables.get(gate_lib.GATE_COLLECTION, {})
   trainable = {"params": params, "gates": gates}
@@ -66,11 +73,12 @@ def load_init_from(path: str, skip_pattern: str, template: TrainState) -> Dict[s
 
   Every parameter of this model must be in the other run's checkpoint with the same shape,
   except those matched by `skip_pattern` (e.g. "^head/" for a new number of classes), which keep
-  their fresh initialisation.
+  their fresh initialisation, and a conv kernel of 3 input channels where this model reads 1
+  (an RGB stem on gray data), which is summed over its input channels.
   """
   tree, source = checkpoint_lib.load_pytree(path)
   skip = optimizer_lib.compile_freeze_pattern(skip_pattern)
-  problems, loaded = [], {}
+  problems, loaded, summed = [], {}, []
   for collection in ("params", "batch_stats", "gates"):
     ours = traverse_util.flatten_dict(getattr(template, collection) or {}, sep="/")
     theirs = traverse_util.flatten_dict(tree.get(collection) or {}, sep="/")
@@ -84,6 +92,11 @@ def load_init_from(path: str, skip_pattern: str, template: TrainState) -> Dict[s
         continue
       if name not in theirs:
         problems.append(f"{collection}/{name} is missing from the checkpoint")
+      elif _colour_kernel_for_gray(theirs[name].shape, leaf.shape):
+        # An RGB-trained conv on 1-channel data (ImageNet weights on digits): its kernel summed
+        # over the colours computes what it would on the gray image copied into R, G and B.
+        out[name] = np.asarray(theirs[name], leaf.dtype).sum(axis=2, keepdims=True)
+        summed.append(f"{collection}/{name}")
       elif tuple(theirs[name].shape) != tuple(leaf.shape):
         problems.append(f"{collection}/{name}: checkpoint {tuple(theirs[name].shape)} vs "
                         f"model {tuple(leaf.shape)}")
@@ -96,8 +109,15 @@ def load_init_from(path: str, skip_pattern: str, template: TrainState) -> Dict[s
                    f"{' ...' if len(problems) > 6 else ''}. Skip them with "
                    "--config.init_from_skip=<regex>, e.g. '^head/' for a new class count.")
   log(f"Initialising from {source}: {sum(len(v) for v in loaded.values())} "
-      f"arrays{' (gate included)' if 'gates' in loaded else ''}")
+      f"arrays{' (gate included)' if 'gates' in loaded else ''}"
+      f"{'; summed over RGB for 1-channel data: ' + ', '.join(summed) if summed else ''}")
   return loaded
+
+
+def _colour_kernel_for_gray(theirs: Sequence[int], ours: Sequence[int]) -> bool:
+  """Whether a conv kernel [kh, kw, 3, O] is being loaded where [kh, kw, 1, O] is needed."""
+  return (len(ours) == 4 and len(theirs) == 4 and theirs[2] == 3 and ours[2] == 1
+          and tuple(theirs[:2]) == tuple(ours[:2]) and theirs[3] == ours[3])
 
 
 def apply_init_from(state: TrainState, loaded: Mapping[str, Mapping[str, np.ndarray]],
