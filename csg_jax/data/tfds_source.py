@@ -1,6 +1,8 @@
-"""TFDS data sets through `tfds.data_source`: random access to ArrayRecord files, no TensorFlow.
+"""TFDS data sets as random-access sources over ArrayRecord files: reading needs no TensorFlow.
 
-tensorflow_datasets is imported only here, and only when data.source is 'tfds'.
+Preparing a data set (download, then TFDS's builder code writes the files) is separate: most image
+builders encode with TensorFlow, installed by the `tfds` extra. tensorflow_datasets is imported
+only here, and only when data.source is 'tfds'.
 """
 
 from __future__ import annotations
@@ -57,21 +59,81 @@ class TfdsSplit:
         self._image_size, self._image_size, image.shape[-1])
 
 
-def load(cfg) -> Dataset:
-  """Opens data.train_split and data.test_split of TFDS data set data.name."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (heavy, optional)
+def prepare_command(name: str, data_dir) -> str:
+  """A command that prepares `name` into `data_dir` from a fresh checkout's venv."""
+  return (f'pip install -e ".[tfds]" && python launch/prepare_tfds.py --name={name} '
+          f"--data_dir={data_dir}")
 
+
+def open_builder(name: str, data_dir: str | None):
+  """The TFDS builder of `name` writing array_record files under `data_dir` (None: TFDS's)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (heavy, optional)
+  try:
+    return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types)
+    raise CSGError(f"TFDS cannot open data set {name!r} (data_dir={data_dir!r}): "
+                   f"{_one_line(e)}; check the name (data.name).") from e
+
+
+def prepare(builder, name: str) -> None:
+  """Downloads and prepares `builder`'s data set (called `name`) as array_record files.
+
+  Preparing runs TFDS's own builder code, which for most image data sets encodes with TensorFlow:
+  a missing module is named with the command that installs it.
+  """
+  where = str(builder.data_dir_root)
+  try:
+    builder.download_and_prepare(file_format="array_record")
+  except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types)
+    missing = _missing_module(e)
+    if missing:
+      raise CSGError(f"Preparing TFDS data set {name!r} needs the Python module {missing!r}, "
+                     "which is not installed (reading prepared data does not): "
+                     f"`{prepare_command(name, where)}` installs it and prepares the data.") from e
+    raise CSGError(f"TFDS could not download and prepare {name!r} into {where}: {_one_line(e)}. "
+                   f"Prepare it where it can be downloaded (`{prepare_command(name, where)}`) "
+                   "and copy the data over, or set data.data_dir to where it is prepared.") from e
+
+
+def _missing_module(error: BaseException) -> str | None:
+  """The module whose import failed somewhere in `error`'s chain (TFDS re-raises with context)."""
+  while error is not None:
+    if isinstance(error, ModuleNotFoundError) and error.name:
+      return error.name.split(".")[0]
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _one_line(error: BaseException) -> str:
+  """TFDS messages list every data set or every cause on further lines: keep the first."""
+  first = next((l.strip() for l in str(error).splitlines() if l.strip()), "").rstrip(".")
+  return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def load(cfg) -> Dataset:
+  """Opens data.train_split and data.test_split of TFDS data set data.name.
+
+  Downloads and prepares it first when it is not prepared and data.download is set.
+  """
+  builder = open_builder(cfg.name, cfg.data_dir)
+  where = str(builder.data_dir_root)
+  if cfg.download and not builder.is_prepared():
+    prepare(builder, cfg.name)
   roles = {"train": cfg.train_split, "test": cfg.test_split}
   sources = {}
   for role, split in roles.items():
     try:
-      sources[role] = tfds.data_source(cfg.name, split=split, data_dir=cfg.data_dir,
-                                       download=cfg.download)
+      sources[role] = builder.as_data_source(split=split)
     except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types)
+      if not builder.is_prepared():
+        raise CSGError(f"TFDS data set {cfg.name!r} is not prepared in data_dir {where} and "
+                       "data.download is False: prepare it with "
+                       f"`{prepare_command(cfg.name, where)}`, or set data.data_dir to where it "
+                       "is prepared.") from e
       raise CSGError(
-          f"TFDS cannot open data set {cfg.name!r} split {split!r} (data_dir={cfg.data_dir!r}): "
-          f"{type(e).__name__}: {e}. Check data.name, data.{role}_split and data.data_dir, or "
-          f"prepare it with `tfds build {cfg.name} --file_format=array_record`.") from e
+          f"TFDS cannot open data set {cfg.name!r} split {split!r} (data_dir={where}): "
+          f"{_one_line(e)}. Check data.{role}_split and data.data_dir; csg_jax reads array_record "
+          f"files: `{prepare_command(cfg.name, where)}` prepares them.") from e
 
   features = sources["train"].dataset_info.features
   if "image" not in features or "label" not in features:
