@@ -36,6 +36,8 @@ RENAMED = {
     "csg.csg_learning_rate": "csg.alternate.learning_rate",
     "csg.csg_freeze": "csg.alternate.freeze",
 }
+# Fields added since, with the value that keeps an older workdir's behaviour.
+ADDED = {"data.validation_fraction": 0.0}
 
 
 def base_config(data_source: str = "digits") -> ml_collections.ConfigDict:
@@ -107,9 +109,10 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def upgrade(config_dict: dict) -> dict:
-  """A config dict written by an earlier version, with renamed fields moved to their new names."""
+  """A config dict written by an earlier version, with renamed fields moved to their new names
+  and added fields set as they behaved before."""
   out = {}
-  for name, value in _flatten(config_dict).items():
+  for name, value in {**ADDED, **_flatten(config_dict)}.items():
     *parents, leaf = RENAMED.get(name, name).split(".")
     node = out
     for part in parents:

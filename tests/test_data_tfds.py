@@ -151,17 +151,22 @@ def test_prepared_offline_then_read_back(tmp_path):
     assert (images == images[:, :1, :1]).all()  # every pixel of an image alike
     np.testing.assert_array_equal(images[..., 2] - images[..., 0], 2)  # channel order kept
 
-  # Prepared: read without download; one batch of the whole split holds those pixels.
-  cfg.download = False
-  ds = data.load_dataset(cfg)
-  batch = next(data.train_batches(ds, cfg, global_batch_size=8, seed=0))  # one whole epoch
+  # Prepared: read without download; a quarter of each class as 'val' (one of four).
+  cfg.download, cfg.validation_fraction = False, 0.25
+  ds = data.load_dataset(cfg, seed=3)
+  assert (len(ds.splits["train"]), len(ds.splits["val"]), len(ds.splits["test"])) == (6, 2, 4)
+  val_images, val_labels = ds.splits["val"].read(np.arange(2))
+  assert sorted(val_labels.tolist()) == [0, 1]
+  assert ds.splits["val"].labels.tolist() == val_labels.tolist()  # read without decoding
+  batch = next(data.train_batches(ds, cfg, global_batch_size=6, seed=0))  # one whole epoch
   values = np.round(batch["image"][:, 0, 0, 0] * 255).astype(int).tolist()
   assert [expected[v] for v in values] == [("train", l) for l in batch["label"].tolist()]
-  assert sorted(values) == sorted(v for v, (s, _) in expected.items() if s == "train")
+  assert sorted(values + val_images[:, 0, 0, 0].tolist()) == sorted(
+      v for v, (s, _) in expected.items() if s == "train")
 
 
 def test_out_of_range_label_names_the_split():
   source = [{"image": np.zeros((4, 4, 3), np.uint8), "label": 12}]
-  split = tfds_source.TfdsSplit(source, "validation", None, 10)
+  split = tfds_source.TfdsSplit(source, "validation", None, 10, lambda: source)
   with pytest.raises(CSGError, match=r"Split 'validation' has label 12 outside \[0, 10\)"):
     split.read(np.array([0]))

@@ -7,7 +7,8 @@ only here, and only when data.source is 'tfds'.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,18 +18,34 @@ from csg_jax.data.dataset import Dataset, check_labels, resize_image
 from csg_jax.errors import CSGError
 
 
+_LABEL_CHUNK = 8192  # Records per read when collecting every label.
+
+
 class TfdsSplit:
   """A Split over a TFDS data source; decodes the 'image' and 'label' features on read."""
 
-  def __init__(self, source: Sequence[Any], split: str, image_size: int | None, num_classes: int):
+  def __init__(self, source: Sequence[Any], split: str, image_size: int | None, num_classes: int,
+               open_label_source: Callable[[], Sequence[Any]]):
+    """open_label_source: opens the split without decoding images, for `labels`."""
     self._source = source
     self._split = split
     self._image_size = image_size
     self._num_classes = num_classes
+    self._open_label_source = open_label_source
     self._batched = hasattr(source, "__getitems__")  # Batched reads when the source has them.
 
   def __len__(self) -> int:
     return len(self._source)
+
+  @functools.cached_property
+  def labels(self) -> np.ndarray:
+    """Every label in order: one pass over the records, opened once and only when asked for."""
+    fetch = self._open_label_source().__getitems__
+    keys = list(range(len(self)))
+    labels = np.array([r["label"] for start in range(0, len(keys), _LABEL_CHUNK)
+                       for r in fetch(keys[start:start + _LABEL_CHUNK])], np.int32)
+    check_labels(self._split, labels, self._num_classes)
+    return labels
 
   def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     indices = np.asarray(indices, np.int64)
@@ -115,6 +132,8 @@ def load(cfg) -> Dataset:
 
   Downloads and prepares it first when it is not prepared and data.download is set.
   """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (heavy, optional)
+
   builder = open_builder(cfg.name, cfg.data_dir)
   where = str(builder.data_dir_root)
   if cfg.download and not builder.is_prepared():
@@ -146,10 +165,14 @@ def load(cfg) -> Dataset:
   elif height is None or width is None:
     raise CSGError(f"TFDS data set {cfg.name!r} has images of varying size: set data.image_size "
                    "to resize them to one size.")
+  # Labels are read without decoding images (what a validation split is drawn by).
+  labels_only = {"image": tfds.decode.SkipDecoding()}
   return Dataset(
       name=cfg.name,
       class_names=class_names,
       image_shape=(height, width, channels),
-      splits={role: TfdsSplit(sources[role], split, cfg.image_size, len(class_names))
+      splits={role: TfdsSplit(sources[role], split, cfg.image_size, len(class_names),
+                              functools.partial(builder.as_data_source, split=split,
+                                                decoders=labels_only))
               for role, split in roles.items()},
   )
