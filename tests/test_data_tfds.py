@@ -150,6 +150,9 @@ def test_prepared_offline_then_read_back(tmp_path):
         (value, label) for value, (s, label) in expected.items() if s == split)
     assert (images == images[:, :1, :1]).all()  # every pixel of an image alike
     np.testing.assert_array_equal(images[..., 2] - images[..., 0], 2)  # channel order kept
+  swapped = data.load_dataset(_config(name="csg_tiny_pngs", data_dir=str(tmp_path / "tfds"),
+                                      download=False, train_split="test", test_split="train"))
+  assert (len(swapped.splits["train"]), len(swapped.splits["test"])) == (4, 8)
 
   # Prepared: read without download; a quarter of each class as 'val' (one of four).
   cfg.download, cfg.validation_fraction = False, 0.25
