@@ -112,6 +112,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 # when its config.json lacks the field), where that differs from today's default.
 ADDED = {
     "model.pytorch_padding": False,  # runs before it padded stride-2 windows "SAME"
+    "data.validation_fraction": 0.0,  # runs before it trained on the whole train split
 }
 
 

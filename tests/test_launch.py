@@ -12,7 +12,7 @@ from conftest import REPO
 
 
 COMMANDS = ("train", "evaluate", "compare", "applications", "build_shapes", "build_voc_part",
-            "import_torch")
+            "import_torch", "prepare_tfds")
 
 
 def _run(argv, cwd=None):
@@ -111,7 +111,7 @@ def test_help_exits_0_and_lists_the_command_flags(tmp_path, command, launcher):
   proc = _run([*launcher(command), "--help"], cwd=tmp_path)  # configs/ found from anywhere
   assert proc.returncode == 0, proc.stderr[-3000:]
   flag = {"build_voc_part": "--voc_root", "build_shapes": "--root",
-          "applications": "--std_workdir"}.get(command, "--workdir")
+          "applications": "--std_workdir", "prepare_tfds": "--name"}.get(command, "--workdir")
   assert flag in proc.stdout
   assert "Traceback" not in proc.stderr
 

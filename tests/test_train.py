@@ -88,3 +88,23 @@ def test_logging_evaluation_and_checkpoint_cadence(tmp_path):
   assert [r["step"] for r in rows if r["split"] == "test"] == [10, 20, 23]  # and the final one
   steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
   assert steps == [20, 23]  # every 5 steps and at the end, the newest 2 kept
+
+
+def test_validation_split_during_training_and_test_once_at_the_end(tmp_path):
+  """With data.validation_fraction, evaluation during training reads 'val'; 'test' only at the end."""
+  config = small_config(num_epochs=0.5, log_every_steps=5, eval_every_steps=5,
+                        checkpoint_every_steps=0)
+  config.model.name = "tiny"
+  config.data.validation_fraction = 0.2
+  results = training.train_and_evaluate(config, str(tmp_path))
+  sizes = json.loads((tmp_path / "dataset.json").read_text())["split_sizes"]
+  assert sizes == {"train": 1150, "test": 360, "val": 287}  # 287 of the 1437 held out
+  assert results["step"] == 9  # ceil(0.5 * 1150 / 64): epochs count the remaining examples
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if r["split"] == "val"] == [5, 9]
+  assert [r["step"] for r in rows if r["split"] == "test"] == [9]
+  test_row = next(r for r in rows if r["split"] == "test")
+  assert test_row["accuracy"] == pytest.approx(results["accuracy"])
+  val_row = [r for r in rows if r["split"] == "val"][-1]
+  assert val_row["accuracy"] == pytest.approx(results["val_accuracy"])
+  assert val_row["mis"] == pytest.approx(results["val_mis"])

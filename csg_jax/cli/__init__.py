@@ -158,7 +158,10 @@ def default_workdir(config, config_flag_name: str = "config") -> str:
 
 
 def check_workdir(workdir: str) -> None:
-  """Fails early, before any work, when the workdir cannot be created or written."""
+  """Fails early, before any work, when the workdir cannot be created or written.
+
+  Creates nothing: a run that then stops on its data (or anything else) leaves no empty workdir.
+  """
   from csg_jax import fileio  # pylint: disable=g-import-not-at-top
   if fileio.is_remote(workdir):
     probe = fileio.join(workdir, ".write-test")
@@ -167,9 +170,14 @@ def check_workdir(workdir: str) -> None:
     return
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise CSGError(f"--workdir {workdir!r} exists and is not a folder; choose another path")
+  nearest = workdir  # the workdir, or the folder its creation would start in
+  while not os.path.exists(nearest):
+    nearest = os.path.dirname(nearest.rstrip(os.sep)) or os.curdir
+  if not os.path.isdir(nearest):
+    raise CSGError(f"cannot write to --workdir {workdir!r} ({nearest!r} is a file); choose another "
+                   "path")
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
+    with tempfile.NamedTemporaryFile(dir=nearest, prefix=".write-test-"):
       pass
   except OSError as e:
     raise CSGError(f"cannot write to --workdir {workdir!r} ({e.strerror}); choose a folder you "

@@ -15,14 +15,15 @@ from csg_jax import cli
 from csg_jax.errors import CSGError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by csg-train.", required=True)
-_SPLIT = flags.DEFINE_string("split", "test", "Which split to evaluate: test or train.")
+_SPLIT = flags.DEFINE_string("split", "test", "Which split to evaluate: test, train, or val (runs "
+                             "with data.validation_fraction > 0).")
 
 
 def main(argv):
   cli.start(argv)
   with cli.user_errors():
-    if _SPLIT.value not in ("test", "train"):
-      raise CSGError(f"--split={_SPLIT.value!r}: use test or train")
+    if _SPLIT.value not in ("test", "train", "val"):
+      raise CSGError(f"--split={_SPLIT.value!r}: use test, train or val")
     from csg_jax.evaluation import report  # pylint: disable=g-import-not-at-top
     from csg_jax.log import log  # pylint: disable=g-import-not-at-top
     r = report.evaluate_workdir(_WORKDIR.value, split=_SPLIT.value).report

@@ -38,6 +38,8 @@ def default_config(source: str = "digits") -> ml_collections.ConfigDict:
   c.train_split = "train"  # (folder, tfds) Split (sub-folder or TFDS split) used for training.
   c.test_split = "test"  # (folder, tfds) Split (sub-folder or TFDS split) used for evaluation.
   c.test_fraction = 0.2  # (digits) Fraction held out, stratified, with a fixed seed, as 'test'.
+  # Share of each train class held out (seed: config.seed) as 'val', evaluated in training; 0: none.
+  c.validation_fraction = 0.0
   c.cache_dir = "~/.cache/csg_jax"  # (folder) Where decoded arrays are cached, keyed by content.
   c.decode_workers = 0  # (folder) Decoding processes; 0: one per CPU core, 1: in-process.
   c.skip_corrupt = False  # (folder) Skip unreadable images (and report them) instead of failing.
@@ -92,6 +94,10 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     raise CSGError(f"data.std is {std}: every value must be > 0.")
   if not 0 < cfg.test_fraction < 1:
     raise CSGError(f"data.test_fraction is {cfg.test_fraction}: set it between 0 and 1.")
+  fraction = cfg.validation_fraction
+  if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 <= fraction < 1:
+    raise CSGError(f"data.validation_fraction is {fraction!r}: set it to a number in [0, 1), "
+                   "e.g. 0.1 to tune on a tenth of the training images (0: no validation split).")
 
   if cfg.random_resized_crop:
     if cfg.crop_padding:

@@ -16,6 +16,11 @@ from csg_jax.errors import CSGError
 class Split(Protocol):
   """Random-access source of raw examples."""
 
+  @property
+  def labels(self) -> np.ndarray:
+    """Every label (int32 [n]) in order, without images: what a validation split is drawn by."""
+    ...
+
   def __len__(self) -> int:
     ...
 
@@ -47,6 +52,24 @@ class ArraySplit:
     return images, self.labels[indices]
 
 
+class SubsetSplit:
+  """Examples `indices` of another split, read through it: a split carved out without copying."""
+
+  def __init__(self, base: Split, indices: np.ndarray):
+    self.base = base
+    self.indices = np.asarray(indices, np.int64)
+
+  @property
+  def labels(self) -> np.ndarray:
+    return self.base.labels[self.indices]
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return self.base.read(self.indices[np.asarray(indices, np.int64)])
+
+
 @dataclasses.dataclass(frozen=True)
 class CacheInfo:
   """Where a source's decoded arrays live and whether this load built them."""
@@ -61,13 +84,49 @@ class Dataset:
   name: str
   class_names: tuple[str, ...]
   image_shape: tuple[int, int, int]  # (H, W, C) the model sees, after any resize.
-  splits: Mapping[str, Split]  # At least 'train' and 'test'.
+  splits: Mapping[str, Split]  # 'train', 'test', and 'val' when carved out of train.
   skipped: tuple[str, ...] = ()  # Unreadable files left out (data.skip_corrupt).
   cache: CacheInfo | None = None  # Set by sources that decode into a local cache.
 
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+
+# Stream word of the validation draw; pipeline.py draws epochs and augmentation from 0 and 1.
+_VALIDATION_STREAM = 2
+
+
+def validation_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+  """Sorted indices of a seeded validation subset, stratified so that it has the classes' mix.
+
+  Class c with n_c examples gives round(fraction * n_c) of them: at least one when fraction > 0
+  and n_c >= 2, never all of them (every class keeps training examples).
+  """
+  rng = np.random.default_rng([_VALIDATION_STREAM, int(seed) % 2**64])
+  chosen = [np.empty(0, np.int64)]
+  for label in np.unique(labels):
+    members = np.flatnonzero(labels == label)
+    wanted = max(round(fraction * len(members)), 1 if fraction > 0 else 0)
+    chosen.append(rng.choice(members, min(wanted, len(members) - 1), replace=False))
+  return np.sort(np.concatenate(chosen))
+
+
+def carve_validation(dataset: Dataset, fraction: float, seed: int) -> Dataset:
+  """`dataset` with split 'val' drawn from its train split and train left with the rest.
+
+  A fraction of 0 returns `dataset` itself, so runs without validation are unchanged.
+  """
+  if not fraction:
+    return dataset
+  train = dataset.splits["train"]
+  held_out = validation_indices(train.labels, fraction, seed)
+  if not held_out.size:
+    raise CSGError(f"data.validation_fraction={fraction} holds out no example of "
+                   f"{dataset.name!r}: every class has fewer than 2 training examples.")
+  kept = np.setdiff1d(np.arange(len(train)), held_out)
+  return dataclasses.replace(dataset, splits={**dataset.splits, "train": SubsetSplit(train, kept),
+                                              "val": SubsetSplit(train, held_out)})
 
 
 def check_labels(split: str, labels: np.ndarray, num_classes: int) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 
 from csg_jax.data.config import validate_config
-from csg_jax.data.dataset import ArraySplit, Dataset, check_channels, check_labels
+from csg_jax.data.dataset import (ArraySplit, Dataset, carve_validation, check_channels,
+                                  check_labels)
 from csg_jax.errors import CSGError
 
 # Imported on demand: digits pulls in scikit-learn, tfds pulls in tensorflow_datasets.
@@ -13,8 +14,11 @@ _LOADERS = {"digits": "csg_jax.data.digits", "folder": "csg_jax.data.folder",
             "tfds": "csg_jax.data.tfds_source"}
 
 
-def load_dataset(data_config) -> Dataset:
-  """Returns the Dataset `data_config` describes; CSGError on a bad config or bad data."""
+def load_dataset(data_config, *, seed: int = 0) -> Dataset:
+  """Returns the Dataset `data_config` describes; CSGError on a bad config or bad data.
+
+  seed: draws the 'val' split when data.validation_fraction > 0 (a run passes config.seed).
+  """
   validate_config(data_config)
   dataset = importlib.import_module(_LOADERS[data_config.source]).load(data_config)
   for role, split in dataset.splits.items():
@@ -26,4 +30,4 @@ def load_dataset(data_config) -> Dataset:
                    f"{', ...' if dataset.num_classes > 12 else ''}): fix data.num_classes or "
                    "unset it.")
   check_channels(dataset, data_config)
-  return dataset
+  return carve_validation(dataset, data_config.validation_fraction, seed)

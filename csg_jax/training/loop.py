@@ -124,10 +124,15 @@ def _check_finite(pending, last_checkpoint: Optional[int]) -> None:
                      "(--config.optimizer.grad_clip_norm).")
 
 
+def _split_sizes(dataset: data_lib.Dataset) -> Dict[str, int]:
+  return {role: len(split) for role, split in dataset.splits.items()}
+
+
 def _describe_run(setup: run_lib.RunSetup) -> str:
   config = setup.config
   method = config.method + (f"/{config.csg.schedule}" if config.method == "csg" else "")
-  return (f"Training {config.model.name} ({method}) on {setup.dataset.name}: "
+  sizes = ", ".join(f"{n} {role}" for role, n in _split_sizes(setup.dataset).items())
+  return (f"Training {config.model.name} ({method}) on {setup.dataset.name} ({sizes}): "
           f"{setup.plan.total_steps} steps of {config.batch_size} images on "
           f"{setup.mesh.devices.size} device(s), {jax.process_count()} process(es)")
 
@@ -155,10 +160,14 @@ def finished_run(workdir: str, config) -> Optional[Dict[str, Any]]:
   return fileio.read_json(results_path) if fileio.exists(results_path) else None
 
 
-def _evaluate(setup: run_lib.RunSetup, eval_fn, state: TrainState) -> Dict[str, Any]:
-  result = predict.evaluate(eval_fn, state, setup.dataset, setup.config, setup.mesh)
+def _evaluate(setup: run_lib.RunSetup, eval_fn, state: TrainState, split: str) -> Dict[str, Any]:
+  result = predict.evaluate(eval_fn, state, setup.dataset, setup.config, setup.mesh, split)
   return predict.summarize_eval(result, setup.dataset.num_classes, state.host_gate(),
                                 setup.config.seed)
+
+
+def _scalars(summary: Mapping[str, Any]) -> Dict[str, float]:
+  return {k: v for k, v in summary.items() if isinstance(v, float)}
 
 
 def train_and_evaluate(config, workdir: str, *,
@@ -210,15 +219,22 @@ def _start(setup: run_lib.RunSetup, workdir: str, pretrained) -> TrainState:
     fileio.write_json_atomic(fileio.join(workdir, "config.json"), setup.config.to_dict())
     fileio.write_json_atomic(fileio.join(workdir, "dataset.json"),
                              {"name": dataset.name, "class_names": list(dataset.class_names),
-                              "image_shape": list(dataset.image_shape)})
+                              "image_shape": list(dataset.image_shape),
+                              "split_sizes": _split_sizes(dataset)})
   log(_describe_run(setup))
   return state
 
 
 def _train(setup: run_lib.RunSetup, workdir: str, checkpointer, state: TrainState,
            start_step: int) -> Dict[str, Any]:
-  """Steps from start_step to the end of the plan, then the final evaluation and results.json."""
+  """Steps from start_step to the end of the plan, then the final evaluation and results.json.
+
+  Evaluation during training uses the 'val' split when the data set has one, so that tuning
+  never sees the test split; the test split is evaluated once, at the end.
+  """
   config, plan, mesh = setup.config, setup.plan, setup.mesh
+  has_val = "val" in setup.dataset.splits
+  during = "val" if has_val else "test"
   train_fns, eval_fn = make_train_steps(setup), predict.make_eval_fn(setup.model, mesh)
   with MetricWriter(workdir) as writer:  # closed (and uploaded) however training ends
     progress = _Progress(plan.total_steps, config.batch_size, start_step)
@@ -262,28 +278,35 @@ def _train(setup: run_lib.RunSetup, workdir: str, checkpointer, state: TrainStat
                 "command again to resume.")
           if (config.eval_every_steps > 0 and done % config.eval_every_steps == 0
               and done < plan.total_steps):
-            summary = _evaluate(setup, eval_fn, state)
-            writer.write(done, "test", {k: v for k, v in summary.items() if isinstance(v, float)})
-            log(f"  eval at step {done}: accuracy {summary['accuracy']:.4f} "
+            summary = _evaluate(setup, eval_fn, state, during)
+            writer.write(done, during, _scalars(summary))
+            log(f"  {during} eval at step {done}: accuracy {summary['accuracy']:.4f} "
                 f"MIS {summary['mis']:.4f}")
     finally:
       checkpointer.close()
 
-    summary = _evaluate(setup, eval_fn, state)
-    writer.write(plan.total_steps, "test",
-                 {k: v for k, v in summary.items() if isinstance(v, float)})
+    if has_val:
+      val = _evaluate(setup, eval_fn, state, "val")
+      writer.write(plan.total_steps, "val", _scalars(val))
+    summary = _evaluate(setup, eval_fn, state, "test")
+    writer.write(plan.total_steps, "test", _scalars(summary))
   results = {"method": config.method, "dataset": setup.dataset.name, "model": config.model.name,
              "step": int(jax.device_get(state.step)), "accuracy": summary["accuracy"],
              "mis": summary["mis"], "gate_density": summary["gate_density"]}
+  if has_val:  # what to tune on
+    results.update(val_accuracy=val["accuracy"], val_mis=val["mis"])
   if jax.process_index() == 0:
     fileio.write_json_atomic(fileio.join(workdir, "results.json"), results)
   return results
 
 
 def summary_line(results: Mapping[str, Any], workdir: str) -> str:
-  """The closing line of a run: method, model, data, step, accuracy, MIS, density, results path."""
+  """The closing line of a run: method, model, data, step, accuracy, MIS, density (and the
+  validation split's accuracy and MIS, when it has one), results path."""
   density = results["gate_density"]
   density = "n/a (std)" if density is None else f"{density:.4f}"
+  val = (f"; val accuracy {results['val_accuracy']:.4f}, MIS {results['val_mis']:.4f}"
+         if "val_accuracy" in results else "")
   return (f"done: {results['method']} {results['model']} on {results['dataset']} after step "
           f"{results['step']}: accuracy {results['accuracy']:.4f}, MIS {results['mis']:.4f}, "
-          f"gate L1 density {density}; results in {fileio.join(workdir, 'results.json')}")
+          f"gate L1 density {density}{val}; results in {fileio.join(workdir, 'results.json')}")

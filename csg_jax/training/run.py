@@ -43,7 +43,7 @@ def build(config, *, devices: Optional[Sequence[jax.Device]] = None) -> RunSetup
   mesh = parallel.make_mesh(devices)
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-  dataset = data_lib.load_dataset(config.data)
+  dataset = data_lib.load_dataset(config.data, seed=config.seed)
   model = models.build_model(config.model, dataset.num_classes, use_gate=config.method == "csg",
                              gate_init=config.csg.gate.init)
   plan = Plan.from_config(config, len(dataset.splits["train"]))
