@@ -120,6 +120,14 @@ def rmtree(path: str) -> None:
       p.rmtree()
 
 
+def size(path: str) -> int:
+  """A file's size in bytes."""
+  if not is_remote(path):
+    return os.path.getsize(path)
+  with _remote_errors(path):
+    return int(_epath(path).stat().length)
+
+
 def open_read(path: str):
   """A binary file object for reading (use it in a `with`)."""
   if not is_remote(path):
@@ -145,12 +153,12 @@ def read_json(path: str) -> Any:
 
 
 def walk_files(path: str) -> List[str]:
-  """Paths of all files under a folder, relative to it, sorted."""
+  """Paths of all files under a folder, relative to it, sorted; [] when it does not exist."""
   if not is_remote(path):
     return sorted(os.path.relpath(os.path.join(root, name), path)
                   for root, _, files in os.walk(path) for name in files)
   with _remote_errors(path):
-    files, pending = [], [_epath(path)]
+    files, pending = [], [_epath(path)] if _epath(path).is_dir() else []
     while pending:  # epath's walk and ** glob do not work on every fsspec store
       for child in pending.pop().iterdir():
         (pending if child.is_dir() else files).append(child)

@@ -150,3 +150,29 @@ def test_train_crash_resume_evaluate_on_s3(bucket, straight_run, monkeypatch):
   assert source == f"{workdir}/checkpoints/23"
   np.testing.assert_array_equal(tree["gates"]["gate"]["G"],
                                 np.asarray(jax.device_get(a.state.gates["gate"]["G"])))
+
+
+def test_tfds_data_dir_on_s3_is_copied_once_into_the_cache(bucket, tmp_path, capsys):
+  """array_record reads local files only: a bucket's prepared data set is read from a copy."""
+  pytest.importorskip("tensorflow_datasets")
+  from test_data_tfds import _config, _write_pngs  # pylint: disable=g-import-not-at-top
+  local = tmp_path / "tfds"
+  expected = _write_pngs(local / "downloads" / "manual", {"train": 2, "test": 1})
+  data_lib.load_dataset(_config(name="csg_tiny_pngs", data_dir=str(local)))  # prepares locally
+  fileio.upload_tree(str(local / "csg_tiny_pngs"), f"{bucket}/tfds/csg_tiny_pngs")
+
+  cfg = _config(name="csg_tiny_pngs", data_dir=f"{bucket}/tfds", download=False,
+                cache_dir=str(tmp_path / "cache"))
+  for attempt in range(2):
+    ds = data_lib.load_dataset(cfg)
+    images, labels = ds.splits["train"].read(np.arange(len(ds.splits["train"])))
+    assert sorted(zip(images[:, 0, 0, 0].tolist(), labels.tolist())) == sorted(
+        (v, label) for v, (split, label) in expected.items() if split == "train")
+    copied = "Copying TFDS data set 'csg_tiny_pngs' from s3://" in capsys.readouterr().out
+    assert copied == (attempt == 0)  # the second load reuses the copy
+  assert len(list((tmp_path / "cache").glob("tfds-*/csg_tiny_pngs/1.0.0/*.array_record*"))) == 2
+
+  with pytest.raises(CSGError, match="'cifar10' is not prepared in data_dir s3://csg-test/tfds: "
+                     "prepare it locally"):
+    data_lib.load_dataset(_config(name="cifar10", data_dir=f"{bucket}/tfds", download=False,
+                                  cache_dir=str(tmp_path / "cache")))

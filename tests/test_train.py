@@ -91,7 +91,8 @@ def test_logging_evaluation_and_checkpoint_cadence(tmp_path):
 
 
 def test_validation_split_during_training_and_test_once_at_the_end(tmp_path):
-  """With data.validation_fraction, evaluation during training reads 'val'; 'test' only at the end."""
+  """With data.validation_fraction, evaluation during training reads 'val'; 'test' only at the
+  end."""
   config = small_config(num_epochs=0.5, log_every_steps=5, eval_every_steps=5,
                         checkpoint_every_steps=0)
   config.model.name = "tiny"

@@ -40,7 +40,7 @@ def default_config(source: str = "digits") -> ml_collections.ConfigDict:
   c.test_fraction = 0.2  # (digits) Fraction held out, stratified, with a fixed seed, as 'test'.
   # Share of each train class held out (seed: config.seed) as 'val', evaluated in training; 0: none.
   c.validation_fraction = 0.0
-  c.cache_dir = "~/.cache/csg_jax"  # (folder) Where decoded arrays are cached, keyed by content.
+  c.cache_dir = "~/.cache/csg_jax"  # (folder; tfds on gs://, s3://) Local cache, keyed by content.
   c.decode_workers = 0  # (folder) Decoding processes; 0: one per CPU core, 1: in-process.
   c.skip_corrupt = False  # (folder) Skip unreadable images (and report them) instead of failing.
   c.image_size = config_dict.placeholder(int)  # Square side images are resized to; None: keep.

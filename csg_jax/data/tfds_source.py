@@ -8,14 +8,18 @@ only here, and only when data.source is 'tfds'.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from csg_jax import fileio
+from csg_jax.data import cache
 from csg_jax.data.dataset import Dataset, check_labels, resize_image
 from csg_jax.errors import CSGError
+from csg_jax.log import log
 
 
 _LABEL_CHUNK = 8192  # Records per read when collecting every label.
@@ -127,6 +131,34 @@ def _one_line(error: BaseException) -> str:
   return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
+def local_copy(data_dir: str, name: str, cache_dir: str) -> str:
+  """A local data_dir holding a copy of <data_dir>/<name> (data_dir on gs:// or s3://).
+
+  TFDS reads a remote data_dir's metadata, but array_record reads local files only: the
+  prepared data set is copied once into data.cache_dir, keyed by its location and its files'
+  names and sizes, and reused while they stay the same.
+  """
+  remote = fileio.join(data_dir, name)
+  files = fileio.walk_files(remote)
+  if not files:
+    raise CSGError(f"TFDS data set {name!r} is not prepared in data_dir {data_dir}: prepare it "
+                   f"locally (`{prepare_command(name, '<local dir>')}`) and copy "
+                   f"<local dir>/{name} to {remote}, or set data.data_dir to where it is prepared.")
+  listing = [(rel, fileio.size(fileio.join(remote, rel))) for rel in files]
+  key = cache.cache_key(source=remote, files=listing)
+  root = os.path.join(os.path.expanduser(cache_dir), f"tfds-{key}")
+
+  def download(tmp: str) -> dict:
+    log(f"Copying TFDS data set {name!r} from {remote} to {root} ({len(files)} files, "
+        f"{sum(n for _, n in listing) / 1e6:.1f} MB)")
+    fileio.download_tree(remote, os.path.join(tmp, name))
+    return {"source": remote, "files": listing}
+
+  if cache.read_meta(root) is None:
+    cache.build_atomically(root, download)
+  return root
+
+
 def load(cfg) -> Dataset:
   """Opens data.train_split and data.test_split of TFDS data set data.name.
 
@@ -134,7 +166,10 @@ def load(cfg) -> Dataset:
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (heavy, optional)
 
-  builder = open_builder(cfg.name, cfg.data_dir)
+  data_dir = cfg.data_dir
+  if data_dir and fileio.is_remote(data_dir):
+    data_dir = local_copy(data_dir, cfg.name, cfg.cache_dir)
+  builder = open_builder(cfg.name, data_dir)
   where = str(builder.data_dir_root)
   if cfg.download and not builder.is_prepared():
     prepare(builder, cfg.name)

@@ -55,12 +55,13 @@ def evaluate_workdir(workdir: str, *, split: str = "test") -> Evaluation:
   if gate is not None:
     figures["gate"] = "eval/gate.png"
   title = f"{run.config.method.upper()} {run.config.model.name} on {run.dataset.name}"
-  plots.matrix_figure(fileio.join(workdir, figures["mi_matrix"]), mi, names, vmax=ceiling, colorbar_label="nats",
+  path = {name: fileio.join(workdir, rel) for name, rel in figures.items()}
+  plots.matrix_figure(path["mi_matrix"], mi, names, vmax=ceiling, colorbar_label="nats",
                       title=f"{title}: MI(filter; class), MIS {summary['mis']:.3f}")
-  plots.max_mi_histogram(fileio.join(workdir, figures["max_mi_histogram"]), {run.config.method.upper(): mi.max(0)},
+  plots.max_mi_histogram(path["max_mi_histogram"], {run.config.method.upper(): mi.max(0)},
                          mi_ceiling=ceiling, title=title)
   if gate is not None:
-    plots.matrix_figure(fileio.join(workdir, figures["gate"]), gate, names, vmax=1.0, colorbar_label="gate value",
+    plots.matrix_figure(path["gate"], gate, names, vmax=1.0, colorbar_label="gate value",
                         title=f"{title}: gate G, L1 density {summary['gate_density']:.3f}",
                         cmap="magma")
   with fileio.atomic_file(fileio.join(out_dir, "mi_matrix.npy"), suffix=".npy") as tmp:
