@@ -35,7 +35,10 @@ def get_config():
   config.optimizer.learning_rate = 1e-5  # optimiser A learning rate
   config.optimizer.weight_decay = 0.0  # none, as released
   config.optimizer.schedule = "multistep"  # x0.1 at each milestone, counted in its own epochs
-  config.optimizer.milestones = (0.4, 0.6, 0.8)  # fractions of each optimiser's own steps
+  # Each optimiser's MultiStepLR([60, 90, 120]) stepped once per epoch of its own phase
+  # (VOCPart/train/train.py lines 369-370 and 193-196): optimiser A decays after its 60th and
+  # 90th STD epoch; optimiser B and G (47 CSG epochs) never decay.
+  config.optimizer.milestone_epochs = (60, 90, 120)
   config.optimizer.freeze = r"^backbone/(stem_|stage1_|stage2_)"  # STD epochs: stage3, stage4, head
   config.csg.schedule = "alternate"  # the released epoch rule
   config.csg.alternate.warmup_epochs = 10  # STD-only epochs first

@@ -70,6 +70,9 @@ def base_config(data_source: str = "digits") -> ml_collections.ConfigDict:
   config.optimizer.schedule = "cosine"  # cosine | multistep | constant
   config.optimizer.warmup_steps = 0  # linear warm-up steps (cosine only)
   config.optimizer.milestones = (0.5, 0.75)  # multistep: decay points as fractions of training
+  # multistep: decay after this many of each optimiser's own epochs, as the released code's
+  # per-optimiser MultiStepLR does (e.g. (60, 90, 120)); empty: use `milestones`.
+  config.optimizer.milestone_epochs = ()
   config.optimizer.decay_factor = 0.1  # multistep: learning-rate factor at each milestone
   config.optimizer.grad_clip_norm = 0.0  # clip gradients to this global norm (0: off)
   config.optimizer.freeze = ""  # regex searched in parameter paths: frozen, e.g. "stem|stage1"
@@ -186,8 +189,13 @@ _NAME_STEM_FIELDS = frozenset({"method", "model.name", "data.source", "data.name
 
 def result_changes(before: dict, after: dict) -> list:
   """Sorted [(field, before, after)] of the fields (other than bookkeeping) whose values differ
-  between two config dicts; a field missing on one side counts as None there."""
+  between a workdir's config dict and a new one; a field missing from the new one counts as
+  None there."""
   a, b = _flatten(upgrade(before)), _flatten(upgrade(after))
+  # A field `before` lacks did not exist when it was written: it ran with ADDED's value (applied
+  # by upgrade) or, for the other added fields, with today's default.
+  defaults = _flatten(base_config().to_dict())
+  a = {**{k: v for k, v in defaults.items() if k in b}, **a}
   return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
           if k not in BOOKKEEPING_FIELDS and _plain(a.get(k)) != _plain(b.get(k))]
 
@@ -290,6 +298,10 @@ def validate(config) -> None:
   _require(0 < opt.decay_factor <= 1, "optimizer.decay_factor", "must be in (0, 1]")
   _require(all(0 < m < 1 for m in opt.milestones), "optimizer.milestones",
            "must be fractions of training in (0, 1)")
+  _require(all(isinstance(m, int) and m > 0 for m in opt.milestone_epochs),
+           "optimizer.milestone_epochs", "must be positive whole numbers of epochs")
+  _require(not opt.milestone_epochs or opt.schedule == "multistep",
+           "optimizer.milestone_epochs", "needs optimizer.schedule='multistep'")
   optimizer_lib.compile_freeze_pattern(opt.freeze)
 
   csg, gate, alternate = config.csg, config.csg.gate, config.csg.alternate

@@ -70,10 +70,15 @@ def project_gates_transform(mode: str) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def learning_rate_schedule(opt_config, base_lr: float, total_steps: int) -> optax.Schedule:
-  """opt_config.schedule from base_lr over total_steps (at least 1): cosine (after
-  opt_config.warmup_steps of linear warm-up), multistep (x decay_factor at each of the
-  milestones, fractions of training) or constant."""
+def learning_rate_schedule(opt_config, base_lr: float, total_steps: int,
+                           epoch_starts=()) -> optax.Schedule:
+  """opt_config.schedule from base_lr over total_steps (at least 1) of one optimiser: cosine
+  (after opt_config.warmup_steps of linear warm-up), multistep or constant.
+
+  multistep multiplies by decay_factor at each milestone: with opt_config.milestone_epochs, after
+  that many of the optimiser's own epochs (`epoch_starts[m]` is its step count when its epoch m
+  starts; milestones past the end never come), else at the `milestones` fractions of its steps.
+  """
   total_steps = max(int(total_steps), 1)
   name = opt_config.schedule
   if name == "constant":
@@ -83,10 +88,29 @@ def learning_rate_schedule(opt_config, base_lr: float, total_steps: int) -> opta
     return optax.warmup_cosine_decay_schedule(0.0, base_lr, warmup_steps, total_steps) \
         if warmup_steps > 0 else optax.cosine_decay_schedule(base_lr, total_steps)
   if name == "multistep":
-    boundaries = {int(round(m * total_steps)): opt_config.decay_factor
-                  for m in opt_config.milestones}
+    if opt_config.milestone_epochs:
+      steps = [epoch_starts[m] for m in opt_config.milestone_epochs if m < len(epoch_starts)]
+    else:
+      steps = [int(round(m * total_steps)) for m in opt_config.milestones]
+    boundaries = {}
+    for step in steps:  # two milestones on one step decay twice
+      boundaries[step] = boundaries.get(step, 1.0) * opt_config.decay_factor
     return optax.piecewise_constant_schedule(base_lr, boundaries)
   raise CSGError(f"unknown learning-rate schedule {name!r}; use one of {SCHEDULES}")
+
+
+def schedules(config, plan: Plan) -> Dict[str, Dict[str, Optional[optax.Schedule]]]:
+  """{optimiser: {"trunk": schedule, "gate": schedule or None}}, each counted in that
+  optimiser's own steps; what make_optimizers uses and the training rows report."""
+  opt, alternate = config.optimizer, config.csg.alternate
+  out = {}
+  for name, role in plan.optimizers.items():
+    schedule = functools.partial(learning_rate_schedule, opt, total_steps=role.steps,
+                                 epoch_starts=plan.epoch_starts(name))
+    trunk_lr = alternate.learning_rate if role.trunk == "alternate" else opt.learning_rate
+    out[name] = {"trunk": schedule(trunk_lr),
+                 "gate": schedule(config.csg.gate.learning_rate) if role.trains_gate else None}
+  return out
 
 
 def _base_optimizer(name: str, learning_rate, momentum: float, nesterov: bool = False):
@@ -151,16 +175,14 @@ def make_optimizers(config, plan: Plan) -> Dict[str, optax.GradientTransformatio
   """
   opt, gate, alternate = config.optimizer, config.csg.gate, config.csg.alternate
   optimizers = {}
-  for name, role in plan.optimizers.items():
-    # Every schedule of one optimiser has the trunk's shape and counts in that optimiser's steps.
-    schedule = functools.partial(learning_rate_schedule, opt, total_steps=role.steps)
-    if role.trunk == "alternate":
-      trunk = trunk_transform(alternate.optimizer, schedule(alternate.learning_rate), opt)
+  for name, schedule in schedules(config, plan).items():
+    if plan.optimizers[name].trunk == "alternate":
+      trunk = trunk_transform(alternate.optimizer, schedule["trunk"], opt)
       freeze = "|".join(p for p in (opt.freeze, alternate.freeze) if p)
     else:
-      trunk = trunk_transform(opt.name, schedule(opt.learning_rate), opt)
+      trunk = trunk_transform(opt.name, schedule["trunk"], opt)
       freeze = opt.freeze
-    gates = (gate_transform(gate, schedule(gate.learning_rate)) if role.trains_gate
+    gates = (gate_transform(gate, schedule["gate"]) if schedule["gate"] is not None
              else optax.set_to_zero())
     optimizers[name] = optax.partition(
         {"trunk": trunk, "frozen": optax.set_to_zero(), "gates": gates},

@@ -67,6 +67,20 @@ class Plan:
     warmup, period, min_phase = self.alternate
     return epoch >= warmup and epoch % period >= min_phase
 
+  def epoch_starts(self, optimizer: str) -> Tuple[int, ...]:
+    """For each epoch in which `optimizer` steps, the count of its own steps before that epoch:
+    where a schedule counted in its own epochs (the released MultiStepLR) moves."""
+    phases = [p for p, o in self.optimizer_of_phase.items() if o == optimizer]
+    starts, own, last_epoch = [], 0, None
+    for step in range(self.total_steps):
+      if self.phase(step) in phases:
+        epoch = self.epoch(step)
+        if epoch != last_epoch:
+          starts.append(own)
+          last_epoch = epoch
+        own += 1
+    return tuple(starts)
+
   def phase(self, step: int) -> str:
     """The objective of this step: one of self.phases."""
     if len(self.phases) == 1:

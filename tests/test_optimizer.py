@@ -314,3 +314,13 @@ def test_schedules_of_short_runs():
   tree = _tree(0)
   updates, _ = txs["csg"].update(_tree(1), txs["csg"].init(tree), tree)
   chex.assert_tree_all_finite(updates)
+
+
+def test_multistep_milestone_epochs_use_the_optimizers_own_epoch_starts():
+  # Own epochs start at own steps 0, 10, 20, 30: milestones after 2 and 3 epochs decay at 20 and
+  # 30; one after 9 epochs never comes. The fractions are ignored when epochs are given.
+  fn = optimizer_lib.learning_rate_schedule(
+      _schedule_config("multistep", milestones=(0.1,), milestone_epochs=(2, 3, 9),
+                       decay_factor=0.5), 0.2, 40, epoch_starts=(0, 10, 20, 30))
+  np.testing.assert_allclose([fn(0), fn(19), fn(20), fn(29), fn(30), fn(1000)],
+                             [0.2, 0.2, 0.1, 0.1, 0.05, 0.05], rtol=1e-6)

@@ -80,3 +80,17 @@ def test_a_plan_cannot_be_changed_after_it_is_built():
     plan.total_steps = 1
   with pytest.raises(dataclasses.FrozenInstanceError):
     plan.optimizers["csg"].steps = 0
+
+
+def test_epoch_starts_count_each_optimizers_own_epochs():
+  # 10 examples, batches of 5: 2 steps an epoch, 9 epochs. CSG epochs: e >= 2 and e % 3 >= 2,
+  # i.e. 2, 5, 8; STD epochs 0, 1, 3, 4, 6, 7.
+  config = _config(schedule="alternate", num_epochs=9.0, batch_size=5, warmup_epochs=2,
+                   period=3, min_phase=2)
+  plan = Plan.from_config(config, 10)
+  assert plan.epoch_starts("std") == (0, 2, 4, 6, 8, 10)
+  assert plan.epoch_starts("csg") == (0, 2, 4)
+  # Epochs straddling batches (7 examples, batches of 3): an epoch starts at the first step
+  # whose first example lies in it: steps 0, 3 (example 9 is in epoch 1), 5 (example 15).
+  assert Plan.from_config(_config(num_epochs=3.0, batch_size=3), 7).epoch_starts("main") == (
+      0, 3, 5)

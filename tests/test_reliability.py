@@ -176,6 +176,10 @@ _BAD_CONFIGS = [
     (dict(optimizer=dict(schedule="linear")), "config.optimizer.schedule is 'linear'"),
     (dict(optimizer=dict(learning_rate=-0.1)), "config.optimizer.learning_rate"),
     (dict(optimizer=dict(freeze="stage[")), "not a valid regular expression"),
+    (dict(optimizer=dict(schedule="multistep", milestone_epochs=(60, 0))),
+     "config.optimizer.milestone_epochs must be positive whole numbers"),
+    (dict(optimizer=dict(milestone_epochs=(60,))),  # the default schedule is cosine
+     "config.optimizer.milestone_epochs needs optimizer.schedule='multistep'"),
     (dict(model=dict(name="vgg16")), "unknown model 'vgg16'"),
     (dict(model=dict(dtype="int8")), "config.model.dtype is 'int8'"),
     (dict(data=dict(num_classes=7)), "7"),

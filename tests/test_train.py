@@ -48,7 +48,7 @@ def test_alternate_schedule_switches_objectives_by_epoch(tmp_path):
   config = small_config(num_epochs=3.0, log_every_steps=1, checkpoint_every_steps=0)
   config.model.name = "tiny"
   config.optimizer.update(name="adam", learning_rate=1e-3, weight_decay=0.0,
-                          schedule="multistep", milestones=(0.4, 0.6, 0.8))
+                          schedule="multistep", milestone_epochs=(1, 2))
   config.csg.schedule = "alternate"
   config.csg.alternate.update(warmup_epochs=1, period=2, min_phase=1, optimizer="adam",
                               learning_rate=1e-3, freeze="^backbone/conv1")
@@ -70,6 +70,20 @@ def test_alternate_schedule_switches_objectives_by_epoch(tmp_path):
   assert all("gate_density" not in r for r in rows if r["split"] == "train_std")
   gate = np.asarray(training.load_run(str(tmp_path)).state.gate_matrix())
   np.testing.assert_array_equal(gate.max(axis=0), 1.0)  # projected after every CSG step
+
+  # milestone_epochs count each optimiser's own epochs. STD: epochs 0 and 2; its 1st milestone
+  # is the start of its second epoch (epoch 2, rows from 46 on), its 2nd never comes. CSG (and
+  # G): only epoch 1, no milestone reached.
+  rates = {r["step"]: (r["learning_rate"], r.get("gate_learning_rate")) for r in rows
+           if r["split"].startswith("train")}
+  expected = {step: (1e-3, None) if step <= 23 else (1e-3, 1e-2) if step <= 45 else (1e-4, None)
+              for step in range(1, 69)}
+  assert rates.keys() == expected.keys()
+  for step, (lr, gate_lr) in expected.items():
+    assert rates[step][0] == pytest.approx(lr, rel=1e-6), step
+    assert (rates[step][1] is None) == (gate_lr is None), step
+    if gate_lr is not None:
+      assert rates[step][1] == pytest.approx(gate_lr, rel=1e-6), step
 
 
 def test_logging_evaluation_and_checkpoint_cadence(tmp_path):

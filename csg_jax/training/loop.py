@@ -21,6 +21,7 @@ from csg_jax import data as data_lib
 from csg_jax import fileio
 from csg_jax import gate as gate_lib
 from csg_jax import losses
+from csg_jax import optimizer as optimizer_lib
 from csg_jax.errors import CSGError
 from csg_jax.evaluation import predict
 from csg_jax.log import log
@@ -243,6 +244,11 @@ def _train(setup: run_lib.RunSetup, workdir: str, checkpointer, state: TrainStat
                                      start_step=start_step, process_index=jax.process_index(),
                                      process_count=jax.process_count())
     last_checkpoint = checkpointer.latest_step()
+    # Each optimiser's own step count, which its learning-rate schedules run on (reported).
+    rates = optimizer_lib.schedules(config, plan)
+    own_steps = {name: 0 for name in plan.optimizers}
+    for step in range(start_step):
+      own_steps[plan.optimizer_of_phase[plan.phase(step)]] += 1
     pending = []
     try:
       with preemption.PreemptionWatcher() as watcher:
@@ -250,6 +256,9 @@ def _train(setup: run_lib.RunSetup, workdir: str, checkpointer, state: TrainStat
           phase = plan.phase(step)
           state, step_metrics = train_fns[phase](state, parallel.to_global(next(batches), mesh))
           pending.append((step, step_metrics))
+          optimizer_name = plan.optimizer_of_phase[phase]
+          own_step = own_steps[optimizer_name]
+          own_steps[optimizer_name] += 1
           done = step + 1
           log_now = done % config.log_every_steps == 0
           stop = watcher.should_stop(done, sync_boundary=log_now)
@@ -263,6 +272,12 @@ def _train(setup: run_lib.RunSetup, workdir: str, checkpointer, state: TrainStat
             means = {k: float(v if k in _STATE_METRICS else
                               np.mean([m[k] for _, m in pending if k in m]))
                      for k, v in pending[-1][1].items() if k != "gate_finite"}
+            # The rates the logged step used: its optimiser's trunk rate and, if it trains G,
+            # G's.
+            schedule = rates[optimizer_name]
+            means["learning_rate"] = float(schedule["trunk"](own_step))
+            if schedule["gate"] is not None:
+              means["gate_learning_rate"] = float(schedule["gate"](own_step))
             # One tag for single-phase runs, so STD and joint CSG curves overlay in TensorBoard.
             writer.write(done, "train" if len(plan.phases) == 1 else f"train_{phase}", means)
             log(progress.line(done, means, phase))
