@@ -248,6 +248,47 @@ def run_name(config, defaults, max_length: int = 120) -> str:
   return name
 
 
+# Data fields that only some sources read (the others ignore them), from data/config.py.
+_DATA_FIELD_SOURCES = {
+    "data.path": ("folder",), "data.name": ("tfds",), "data.data_dir": ("tfds",),
+    "data.download": ("tfds",), "data.train_split": ("folder", "tfds"),
+    "data.test_split": ("folder", "tfds"), "data.test_fraction": ("digits",),
+    "data.decode_workers": ("folder",), "data.skip_corrupt": ("folder",)}
+
+
+def unread_fields(config, fields) -> list:
+  """[(field, why)] for those of `fields` (dotted names) that a run of `config` never reads:
+  a data field of another source, a gate field in an STD run, a field of the other CSG schedule,
+  or a schedule or optimiser parameter the chosen ones do not have."""
+  opt, csg = config.optimizer, config.csg
+  rules = [
+      ("csg.", config.method == "csg", f"method is {config.method!r}"),
+      ("csg.alternate.", csg.schedule == "alternate", f"csg.schedule is {csg.schedule!r}"),
+      ("csg.gated_loss_weight", csg.schedule == "joint", f"csg.schedule is {csg.schedule!r}"),
+      ("csg.gate.momentum", csg.gate.optimizer == "sgd",
+       f"csg.gate.optimizer is {csg.gate.optimizer!r}"),
+      ("optimizer.milestone", opt.schedule == "multistep",
+       f"optimizer.schedule is {opt.schedule!r}"),
+      ("optimizer.decay_factor", opt.schedule == "multistep",
+       f"optimizer.schedule is {opt.schedule!r}"),
+      ("optimizer.warmup_steps", opt.schedule == "cosine",
+       f"optimizer.schedule is {opt.schedule!r}"),
+      ("optimizer.nesterov", opt.name == "sgd", f"optimizer.name is {opt.name!r}"),
+  ]
+  out = []
+  for field in fields:
+    sources = _DATA_FIELD_SOURCES.get(field)
+    if sources and config.data.source not in sources:
+      out.append((field, f"data.source is {config.data.source!r}; it is read by "
+                         f"{' and '.join(sources)}"))
+      continue
+    for prefix, read, why in rules:
+      if field.startswith(prefix) and not read:
+        out.append((field, why))
+        break
+  return out
+
+
 def _require(ok: bool, field: str, message: str) -> None:
   if not ok:
     raise CSGError(f"config.{field} {message} (set --config.{field}=...)")

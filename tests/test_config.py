@@ -176,3 +176,24 @@ def test_result_changes_ignore_bookkeeping_lists_and_old_names():
   after.data.mean = (0.1,)
   assert config_lib.result_changes(saved, after.to_dict()) == [
       ("csg.gated_loss_weight", 1.0, 0.5), ("data.mean", list(before["data"]["mean"]), (0.1,))]
+
+
+def test_unread_fields_name_the_setting_that_ignores_them():
+  config = _digits_resnet8()
+  fields = ["data.name", "data.test_fraction", "csg.gate.target_density",
+            "csg.alternate.period", "csg.gated_loss_weight", "optimizer.milestone_epochs",
+            "optimizer.warmup_steps", "optimizer.nesterov", "csg.gate.momentum", "seed"]
+  # digits, CSG joint, SGD with cosine, gate SGD: a tfds field, a field of the alternate schedule
+  # and one of the multistep schedule go unread; the rest are read.
+  assert config_lib.unread_fields(config, fields) == [
+      ("data.name", "data.source is 'digits'; it is read by tfds"),
+      ("csg.alternate.period", "csg.schedule is 'joint'"),
+      ("optimizer.milestone_epochs", "optimizer.schedule is 'cosine'")]
+  config.method = "std"
+  config.data.source = "tfds"
+  config.optimizer.update(schedule="multistep", name="adam")
+  config.csg.gate.optimizer = "adam"
+  assert [f for f, _ in config_lib.unread_fields(config, fields)] == [
+      "data.test_fraction", "csg.gate.target_density", "csg.alternate.period",
+      "csg.gated_loss_weight", "optimizer.warmup_steps", "optimizer.nesterov",
+      "csg.gate.momentum"]

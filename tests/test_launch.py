@@ -81,6 +81,8 @@ def test_overrides_reach_the_run_and_name_its_workdir(tmp_path):
      "no config field named 'csg.gate.target_densty'; did you mean \"target_density\""),
     (["unexpected"], "unexpected arguments: unexpected"),
     (["--config.batch_size=-5"], "config.batch_size is -5"),
+    (["--config.data.name=cifar100"],
+     "--config.data.name is not read by this run (data.source is 'digits'; it is read by tfds)"),
     (["--config", "configs/no_such_config.py"], "no_such_config"),
 ])
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, args, expected):

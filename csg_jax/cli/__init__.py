@@ -157,6 +157,20 @@ def default_workdir(config, config_flag_name: str = "config") -> str:
   return os.path.join("workdirs", config_lib.run_name(config, defaults))
 
 
+def check_overrides_are_read(config, config_flag_name: str = "config") -> None:
+  """An override the run never reads (--config.data.name=cifar100 with data.source 'digits')
+  stops the run with one line, instead of training something the user did not ask for."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from csg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  overrides = config_flags.get_override_values(flags.FLAGS[config_flag_name])
+  unread = config_lib.unread_fields(config, sorted(overrides))
+  if unread:
+    raise CSGError("; ".join(f"--config.{field} is not read by this run ({why})"
+                             for field, why in unread) + ": remove it, or set the field that "
+                   "makes the run read it")
+
+
 def check_workdir(workdir: str) -> None:
   """Fails early, before any work, when the workdir cannot be created or written.
 

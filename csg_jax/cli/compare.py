@@ -23,6 +23,10 @@ def main(argv):
     from csg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
     from csg_jax.evaluation import report  # pylint: disable=g-import-not-at-top
     config_lib.validate(config)  # a bad value stops the run before the workdir is created
+    csg = config.copy_and_resolve_references()
+    csg.unlock()
+    csg.method = "csg"  # the CSG run reads every field the STD run does, and the gate's
+    cli.check_overrides_are_read(csg)
     cli.check_workdir(_WORKDIR.value)
     report.train_and_compare(config, _WORKDIR.value)
 

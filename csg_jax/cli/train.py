@@ -41,6 +41,7 @@ def main(argv):
     from csg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
     workdir = _WORKDIR.value or cli.default_workdir(config)
     config_lib.validate(config)  # a bad value stops the run before the workdir is created
+    cli.check_overrides_are_read(config)
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     cli.check_workdir(workdir)
     results = training.train_and_evaluate(config, workdir)
