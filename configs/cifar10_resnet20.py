@@ -10,6 +10,8 @@ from csg_jax.config import base_config
 def get_config():
   config = base_config("tfds")
   config.data.name = "cifar10"  # TFDS name
+  config.data.mean = (0.4914, 0.4822, 0.4465)  # CIFAR-10 training-set statistics
+  config.data.std = (0.2470, 0.2435, 0.2616)  # CIFAR-10 training-set statistics
   config.num_epochs = 200.0  # full schedule; pass --config.num_epochs=2 for a smoke run
   config.batch_size = 128  # global batch
   config.eval_every_steps = 3910  # every 10 epochs

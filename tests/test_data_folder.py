@@ -1,5 +1,6 @@
 """csg_jax.data folder source: class folders and tarballs, decoding, the cache, data errors."""
 
+import json
 import os
 import tarfile
 
@@ -224,3 +225,50 @@ def test_split_folder_names_come_from_the_config(tmp_path):
   assert (len(ds.splits["train"]), len(ds.splits["test"])) == (6, 3)
   with pytest.raises(CSGError, match="'train'"):
     data.load_dataset(_config(tmp_path / "d", tmp_path / "cache"))
+
+
+def test_statistics_not_given_are_measured_on_the_training_split(tmp_path):
+  _write_tree(tmp_path / "imgs")
+  cfg = _config(str(tmp_path / "imgs"), str(tmp_path / "cache"), image_size=8)
+  assert cfg.mean == () and cfg.std == ()  # the folder source's default: not given
+  ds = data.load_dataset(cfg)
+  train, _ = ds.splits["train"].read(np.arange(len(ds.splits["train"])))
+  pixels = train.reshape(-1, 3) / 255.0  # numpy's own mean and (population) std per channel
+  np.testing.assert_allclose(ds.statistics[0], pixels.mean(0), atol=1e-6)
+  np.testing.assert_allclose(ds.statistics[1], pixels.std(0), atol=1e-6)
+  # The pipeline normalises with them: the whole (unaugmented) training split comes out with
+  # mean 0 and std 1 per channel.
+  cfg.update(crop_padding=0, flip=False, prefetch=0)
+  batch = next(data.train_batches(ds, cfg, global_batch_size=6, seed=0))
+  np.testing.assert_allclose(batch["image"].reshape(-1, 3).mean(0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(batch["image"].reshape(-1, 3).std(0), 1.0, atol=1e-5)
+  # Given values win, and a wrong channel count says how to get measured ones.
+  cfg.update(mean=(0.5,), std=(0.25,))
+  with pytest.raises(CSGError, match=r"1/1 values but .* 3 channel\(s\).*leave both empty"):
+    data.load_dataset(cfg)
+
+
+def test_default_config_trains_on_a_folder_of_rgb_images_without_statistics(tmp_path):
+  """The default (digits, 1 channel) config pointed at RGB images: the statistics are measured,
+  used, and recorded in dataset.json; config.json keeps them empty, as given."""
+  from conftest import small_config  # pylint: disable=g-import-not-at-top
+  from csg_jax import training  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for split, count in (("train", 8), ("test", 4)):
+    for cls in ("red", "blue"):
+      os.makedirs(tmp_path / "imgs" / split / cls)
+      for i in range(count):
+        image = rng.integers(0, 256, (8, 8, 3), np.uint8)
+        Image.fromarray(image).save(tmp_path / "imgs" / split / cls / f"{i}.png")
+  config = small_config(batch_size=8, eval_batch_size=8, num_epochs=1.0)
+  config.model.name = "tiny"
+  config.data.update(source="folder", path=str(tmp_path / "imgs"),
+                     cache_dir=str(tmp_path / "cache"))
+  results = training.train_and_evaluate(config, str(tmp_path / "w"))
+  assert results["step"] == 2
+  pixels = np.stack([np.asarray(Image.open(p)) for p in sorted(
+      (tmp_path / "imgs" / "train").glob("*/*.png"))]).reshape(-1, 3) / 255.0
+  saved = json.loads((tmp_path / "w" / "dataset.json").read_text())
+  np.testing.assert_allclose(saved["mean"], pixels.mean(0), atol=1e-6)
+  np.testing.assert_allclose(saved["std"], pixels.std(0), atol=1e-6)
+  assert json.loads((tmp_path / "w" / "config.json").read_text())["data"]["mean"] == []

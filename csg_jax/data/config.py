@@ -50,8 +50,10 @@ def default_config(source: str = "digits") -> ml_collections.ConfigDict:
   c.random_resized_crop = False  # Train: ImageNet-style random-resized crop (no crop_padding).
   c.rrc_scale = (0.08, 1.0)  # Random-resized crop: range of the crop's area fraction.
   c.rrc_ratio = (3 / 4, 4 / 3)  # Random-resized crop: range of the crop's aspect ratio (w/h).
-  c.mean = CIFAR10_MEAN if cifar_like else DIGITS_MEAN  # Per-channel mean (0..1) to subtract.
-  c.std = CIFAR10_STD if cifar_like else DIGITS_STD  # Per-channel std (0..1) to divide by.
+  c.mean = ()  # Per-channel mean (0..1) to subtract; empty: the data set's own (see below).
+  # Empty mean and std: digits' known values, else measured on the training split (up to 10 000
+  # images) when the data set loads; dataset.json records what a run used.
+  c.std = ()  # Per-channel std (0..1) to divide by; empty: the data set's own (see above).
   c.prefetch = 2  # Batches a background thread prepares ahead; 0: none.
   return c
 
@@ -85,12 +87,12 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     raise CSGError(f"data.train_split and data.test_split are both {cfg.test_split!r}: "
                    "evaluate on a different split.")
 
-  mean = _floats(cfg, "mean")
-  std = _floats(cfg, "std")
+  mean = _floats(cfg, "mean", allow_empty=True)
+  std = _floats(cfg, "std", allow_empty=True)
   if len(mean) != len(std):
     raise CSGError(f"data.mean has {len(mean)} values but data.std has {len(std)}: "
-                   "give one value per channel in both.")
-  if min(std) <= 0:
+                   "give one value per channel in both, or leave both empty.")
+  if std and min(std) <= 0:
     raise CSGError(f"data.std is {std}: every value must be > 0.")
   if not 0 < cfg.test_fraction < 1:
     raise CSGError(f"data.test_fraction is {cfg.test_fraction}: set it between 0 and 1.")
@@ -133,9 +135,9 @@ def _check_int(cfg, field: str, minimum: int) -> None:
     raise CSGError(f"data.{field} is {value!r}: set it to an integer >= {minimum}.")
 
 
-def _floats(cfg, field: str) -> tuple[float, ...]:
+def _floats(cfg, field: str, allow_empty: bool = False) -> tuple[float, ...]:
   value = cfg[field]
-  if (not isinstance(value, Sequence) or isinstance(value, str) or not value
+  if (not isinstance(value, Sequence) or isinstance(value, str) or not (value or allow_empty)
       or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
     raise CSGError(f"data.{field} is {value!r}: set it to a tuple of numbers, one per channel.")
   return tuple(float(v) for v in value)

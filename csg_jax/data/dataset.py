@@ -87,6 +87,9 @@ class Dataset:
   splits: Mapping[str, Split]  # 'train', 'test', and 'val' when carved out of train.
   skipped: tuple[str, ...] = ()  # Unreadable files left out (data.skip_corrupt).
   cache: CacheInfo | None = None  # Set by sources that decode into a local cache.
+  # Per-channel (mean, std) in 0..1 when data.mean/data.std are not given: the data set's known
+  # values (digits) or measured on its training split (see channel_statistics).
+  statistics: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
   @property
   def num_classes(self) -> int:
@@ -129,6 +132,36 @@ def carve_validation(dataset: Dataset, fraction: float, seed: int) -> Dataset:
                                               "val": SubsetSplit(train, held_out)})
 
 
+def channel_statistics(split: Split, max_images: int = 10_000,
+                       batch_size: int = 512) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Per-channel mean and standard deviation (pixel values / 255) of a split's images: all of
+  them, or `max_images` drawn with a fixed seed from a larger split. Accumulated in float64."""
+  n = len(split)
+  indices = (np.arange(n) if n <= max_images
+             else np.sort(np.random.default_rng(0).choice(n, max_images, replace=False)))
+  total = total_sq = count = 0
+  for start in range(0, len(indices), batch_size):
+    images, _ = split.read(indices[start:start + batch_size])
+    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    total = total + pixels.sum(0)
+    total_sq = total_sq + np.square(pixels).sum(0)
+    count += pixels.shape[0]
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+  return tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std)
+
+
+def normalization(dataset: Dataset, cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """The (mean, std) images are normalised with: data.mean/data.std when given, else the data
+  set's own statistics."""
+  if len(cfg.mean):
+    return tuple(cfg.mean), tuple(cfg.std)
+  if dataset.statistics is None:
+    raise CSGError("data.mean and data.std are empty but the data set carries no statistics: "
+                   "load it with csg_jax.data.load_dataset, or give both fields.")
+  return dataset.statistics
+
+
 def check_labels(split: str, labels: np.ndarray, num_classes: int) -> None:
   """Raises CSGError if any label lies outside [0, num_classes)."""
   bad = labels[(labels < 0) | (labels >= num_classes)]
@@ -145,9 +178,10 @@ def resize_image(image: Image.Image, size: int | None) -> Image.Image:
 
 
 def check_channels(dataset: Dataset, cfg) -> None:
-  """Raises CSGError unless data.mean and data.std give one value per image channel."""
+  """Raises CSGError unless data.mean and data.std, when given, have one value per channel."""
   channels = dataset.image_shape[-1]
-  if len(cfg.mean) != channels or len(cfg.std) != channels:
+  if len(cfg.mean) and (len(cfg.mean) != channels or len(cfg.std) != channels):
     raise CSGError(f"data.mean/data.std have {len(cfg.mean)}/{len(cfg.std)} values but "
                    f"{dataset.name!r} images have {channels} channel(s): give one value per "
-                   "channel.")
+                   "channel, or leave both empty (--config.data.mean='()' "
+                   "--config.data.std='()') to measure them on the training split.")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from csg_jax.data import augment
-from csg_jax.data.dataset import Dataset, check_channels
+from csg_jax.data.dataset import Dataset, check_channels, normalization
 from csg_jax.errors import CSGError
 
 _EPOCH_STREAM = 0  # First seed word of epoch permutations,
@@ -81,6 +81,7 @@ def train_batches(dataset: Dataset, data_config, *, global_batch_size: int, seed
   """
   local = _local_batch_size(global_batch_size, process_index, process_count)
   check_channels(dataset, data_config)
+  normalize_with = normalization(dataset, data_config)
   start_step = int(start_step)  # Restored checkpoints may hand over a numpy or JAX scalar.
   if start_step < 0:
     raise CSGError(f"start_step is {start_step}: it must be >= 0.")
@@ -98,8 +99,7 @@ def train_batches(dataset: Dataset, data_config, *, global_batch_size: int, seed
                                    images.shape[1:3], data_config)
     images = augment.apply(images, augment.slice_params(params, first, first + local),
                            data_config)
-    return {"image": augment.normalize(images, data_config.mean, data_config.std),
-            "label": labels}
+    return {"image": augment.normalize(images, *normalize_with), "label": labels}
 
   return _prefetch(batch, itertools.count(start_step), data_config.prefetch)
 
@@ -114,6 +114,7 @@ def eval_batches(dataset: Dataset, data_config, *, split: str = "test", global_b
   """
   local = _local_batch_size(global_batch_size, process_index, process_count)
   check_channels(dataset, data_config)
+  normalize_with = normalization(dataset, data_config)
   if split not in dataset.splits:
     raise CSGError(f"Data set {dataset.name!r} has no split {split!r}: choose one of "
                    f"{sorted(dataset.splits)}.")
@@ -127,7 +128,7 @@ def eval_batches(dataset: Dataset, data_config, *, split: str = "test", global_b
     labels = np.zeros(local, np.int32)
     if count:
       raw, labels[:count] = source.read(np.arange(start, start + count))
-      images[:count] = augment.normalize(raw, data_config.mean, data_config.std)
+      images[:count] = augment.normalize(raw, *normalize_with)
     return {"image": images, "label": labels, "mask": np.arange(local) < count}
 
   num_batches = math.ceil(num_examples / global_batch_size)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
-from csg_jax.data.config import validate_config
-from csg_jax.data.dataset import (ArraySplit, Dataset, carve_validation, check_channels,
-                                  check_labels)
+from csg_jax.data.config import DIGITS_MEAN, DIGITS_STD, validate_config
+from csg_jax.data.dataset import (ArraySplit, Dataset, carve_validation, channel_statistics,
+                                  check_channels, check_labels)
 from csg_jax.errors import CSGError
 
 # Imported on demand: digits pulls in scikit-learn, tfds pulls in tensorflow_datasets.
@@ -30,4 +31,9 @@ def load_dataset(data_config, *, seed: int = 0) -> Dataset:
                    f"{', ...' if dataset.num_classes > 12 else ''}): fix data.num_classes or "
                    "unset it.")
   check_channels(dataset, data_config)
-  return carve_validation(dataset, data_config.validation_fraction, seed)
+  dataset = carve_validation(dataset, data_config.validation_fraction, seed)
+  if not len(data_config.mean):  # measured on what the model trains on (validation excluded)
+    statistics = (DIGITS_MEAN, DIGITS_STD) if data_config.source == "digits" else (
+        channel_statistics(dataset.splits["train"]))
+    dataset = dataclasses.replace(dataset, statistics=statistics)
+  return dataset

@@ -483,12 +483,13 @@ def example_maps(model, variables, dataset, data_config, object_masks: np.ndarra
 
   GradMap and ActivMap are shown for each image's class's first (most active) filter.
   """
+  from csg_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from csg_jax.data import augment  # pylint: disable=g-import-not-at-top
   cfg = config or default_config()
   n = len(dataset.splits[split])
   idx = np.unique(np.linspace(0, n - 1, min(num, n)).round().astype(int))
   raw, labels = dataset.splits[split].read(idx)
-  images = jnp.asarray(augment.normalize(raw, data_config.mean, data_config.std))
+  images = jnp.asarray(augment.normalize(raw, *data_lib.normalization(dataset, data_config)))
   h, w = raw.shape[1:3]
 
   _, vjp_fn, fmap = jax.vjp(lambda x: _pooled(model, variables, x), images, has_aux=True)

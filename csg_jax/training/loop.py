@@ -199,15 +199,19 @@ def train_and_evaluate(config, workdir: str, *,
                                                keep=config.keep_checkpoints)
     state, start_step = checkpointer.restore_latest(abstract)
     if state is None:
-      state = _start(setup, workdir, pretrained)
+      state = _start(setup, config, workdir, pretrained)
       start_step = 0
     else:
       log(f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}")
     return _train(setup, workdir, checkpointer, state, start_step)
 
 
-def _start(setup: run_lib.RunSetup, workdir: str, pretrained) -> TrainState:
-  """A fresh state (from init_from's weights when given); config.json and dataset.json."""
+def _start(setup: run_lib.RunSetup, config, workdir: str, pretrained) -> TrainState:
+  """A fresh state (from init_from's weights when given); config.json and dataset.json.
+
+  config.json is `config` as given (a later run of the same command compares equal to it);
+  dataset.json holds what the data set determined, the normalisation statistics included.
+  """
   repl = parallel.replicated(setup.mesh)
   init = jax.jit(lambda r: state_lib.create_train_state(setup.model, setup.optimizers,
                                                         setup.dataset.image_shape, r),
@@ -217,11 +221,13 @@ def _start(setup: run_lib.RunSetup, workdir: str, pretrained) -> TrainState:
     state = jax.device_put(state_lib.apply_init_from(state, pretrained, setup.optimizers), repl)
   if jax.process_index() == 0:
     dataset = setup.dataset
-    fileio.write_json_atomic(fileio.join(workdir, "config.json"), setup.config.to_dict())
+    fileio.write_json_atomic(fileio.join(workdir, "config.json"), config.to_dict())
     fileio.write_json_atomic(fileio.join(workdir, "dataset.json"),
                              {"name": dataset.name, "class_names": list(dataset.class_names),
                               "image_shape": list(dataset.image_shape),
-                              "split_sizes": _split_sizes(dataset)})
+                              "split_sizes": _split_sizes(dataset),
+                              "mean": list(setup.config.data.mean),
+                              "std": list(setup.config.data.std)})
   log(_describe_run(setup))
   return state
 

@@ -44,6 +44,10 @@ def build(config, *, devices: Optional[Sequence[jax.Device]] = None) -> RunSetup
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   dataset = data_lib.load_dataset(config.data, seed=config.seed)
+  if not len(config.data.mean):  # every reader of config.data sees the statistics in use
+    config = config.copy_and_resolve_references()
+    config.unlock()
+    config.data.mean, config.data.std = dataset.statistics
   model = models.build_model(config.model, dataset.num_classes, use_gate=config.method == "csg",
                              gate_init=config.csg.gate.init)
   plan = Plan.from_config(config, len(dataset.splits["train"]))
