@@ -2,8 +2,9 @@
 
 `evaluate_workdir(W)` restores W's newest checkpoint, runs the test split through the STD path,
 and writes W/eval/report.json (accuracy, MIS, density, per-class accuracy, filters per class),
-W/eval/mi_matrix.npy and three figures. `compare(std_report, csg_report)` renders the paper's
-Table 1 form.
+W/eval/mi_matrix.npy and three figures. `comparison_markdown` renders the paper's Table 1 form;
+over several seeds, `seed_summary` gives mean ± sd per method and the paired CSG − STD
+differences with their Student-t intervals (`train_and_compare(config, root, seeds)`).
 """
 
 import dataclasses
