@@ -5,13 +5,14 @@ CIFAR-10 comes from TFDS by default. To train on a local copy in class folders o
 """
 
 from csg_jax.config import base_config
+from csg_jax.data.config import CIFAR10_MEAN, CIFAR10_STD
 
 
 def get_config():
   config = base_config("tfds")
   config.data.name = "cifar10"  # TFDS name
-  config.data.mean = (0.4914, 0.4822, 0.4465)  # CIFAR-10 training-set statistics
-  config.data.std = (0.2470, 0.2435, 0.2616)  # CIFAR-10 training-set statistics
+  config.data.mean = CIFAR10_MEAN  # CIFAR-10 training-set statistics
+  config.data.std = CIFAR10_STD  # CIFAR-10 training-set statistics
   config.num_epochs = 200.0  # full schedule; pass --config.num_epochs=2 for a smoke run
   config.batch_size = 128  # global batch
   config.eval_every_steps = 3910  # every 10 epochs

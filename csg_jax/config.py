@@ -250,7 +250,8 @@ def run_name(config, defaults, max_length: int = 120) -> str:
 
 # Data fields that only some sources read (the others ignore them), from data/config.py.
 _DATA_FIELD_SOURCES = {
-    "data.path": ("folder",), "data.name": ("tfds",), "data.data_dir": ("tfds",),
+    "data.path": ("folder", "voc_part_released"), "data.name": ("tfds",),
+    "data.data_dir": ("tfds",),
     "data.download": ("tfds",), "data.train_split": ("folder", "tfds"),
     "data.test_split": ("folder", "tfds"), "data.test_fraction": ("digits",),
     "data.decode_workers": ("folder",), "data.skip_corrupt": ("folder",)}

@@ -9,12 +9,13 @@ import pytest
 from csg_jax import data
 from csg_jax.data import dataset as dataset_lib
 from csg_jax.data import digits
+from csg_jax.data.config import SOURCES
 from csg_jax.errors import CSGError
 
 
 def test_every_source_config_has_the_same_fields():
-  keys = {s: set(data.default_config(s).keys()) for s in ("digits", "folder", "tfds")}
-  assert keys["digits"] == keys["folder"] == keys["tfds"]
+  keys = [set(data.default_config(s).keys()) for s in SOURCES]
+  assert len(SOURCES) == 4 and all(k == keys[0] for k in keys)
   assert data.default_config().source == "digits"
   assert not data.default_config("digits").flip  # A mirrored digit is a different symbol.
   assert data.default_config("folder").crop_padding == 4

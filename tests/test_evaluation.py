@@ -7,6 +7,7 @@ import sys
 
 import matplotlib.image
 import numpy as np
+import pytest
 
 from conftest import REPO, small_config
 from csg_jax.evaluation import mis as mis_lib
@@ -67,3 +68,48 @@ def test_evaluate_launcher_on_a_missing_workdir(tmp_path):
                         timeout=120)
   assert proc.returncode == 2
   assert "holds no config.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_compare_statistics_match_hand_derived_numbers():
+  # Differences [1, 2, 3]: mean 2, sd 1, t_{0.975, 2} = 4.302653, CI 2 ± 4.302653 / sqrt(3).
+  d = report_lib.paired_difference([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
+  assert (d["n"], d["mean"], d["sd"]) == (3, 2.0, 1.0)
+  np.testing.assert_allclose(d["t"], 4.302653, rtol=1e-6)
+  np.testing.assert_allclose([d["low"], d["high"]], 2 + np.array([-1, 1]) * 4.302653 / 3**0.5,
+                             rtol=1e-6)
+  np.testing.assert_allclose(report_lib.t_quantile(0.975, 4), 2.776445, rtol=1e-6)
+  assert report_lib.mean_sd([0.5]) == {"n": 1, "mean": 0.5, "sd": None}
+  one = report_lib.paired_difference([0.5], [0.25])
+  assert one["mean"] == 0.25 and one["low"] is None and one["high"] is None
+
+
+def _fake_report(method, seed, accuracy, mis):
+  return {"workdir": f"/w/seed{seed}/{method}", "method": method, "dataset": "digits",
+          "model": "resnet8", "step": 10, "num_examples": 360, "accuracy": accuracy, "mis": mis,
+          "gate_density": 0.1 if method == "csg" else None}
+
+
+def test_compare_over_seeds_writes_rows_means_and_intervals(tmp_path):
+  rows = {0: (0.90, 0.20, 0.91, 0.21), 1: (0.92, 0.20, 0.94, 0.22), 4: (0.94, 0.19, 0.97, 0.22)}
+  reports = {s: {"std": _fake_report("std", s, a, m), "csg": _fake_report("csg", s, a2, m2)}
+             for s, (a, m, a2, m2) in rows.items()}
+  path = report_lib.write_seed_comparison(str(tmp_path), reports)
+  summary = json.loads((tmp_path / "compare.json").read_text())
+  assert summary["seeds"] == [0, 1, 4] and [r["seed"] for r in summary["runs"]] == [0, 1, 4]
+  assert summary["runs"][2]["csg"] == {"accuracy": 0.97, "mis": 0.22, "gate_density": 0.1,
+                                       "step": 10, "workdir": "/w/seed4/csg"}
+  np.testing.assert_allclose(summary["summary"]["std"]["accuracy"]["mean"], 0.92)
+  np.testing.assert_allclose(summary["summary"]["std"]["accuracy"]["sd"], 0.02)
+  assert "gate_density" not in summary["summary"]["std"]
+  assert summary["summary"]["csg"]["gate_density"] == {"n": 3, "mean": pytest.approx(0.1),
+                                                       "sd": pytest.approx(0.0)}
+  acc = summary["difference"]["accuracy"]  # differences 0.01, 0.02, 0.03
+  np.testing.assert_allclose([acc["mean"], acc["sd"]], [0.02, 0.01])
+  np.testing.assert_allclose([acc["low"], acc["high"]],
+                             0.02 + np.array([-1, 1]) * 4.302653 * 0.01 / 3**0.5, rtol=1e-6)
+  assert set(summary["difference"]) == {"accuracy", "mis"}  # STD has no gate density
+  text = open(path).read()
+  assert "| seed | STD accuracy | STD MIS | CSG accuracy | CSG MIS | CSG L1 density |" in text
+  assert "| 4 | 0.9400 | 0.1900 | 0.9700 | 0.2200 | 0.1000 |" in text
+  assert "| mean ± sd | 0.9200 ± 0.0200 |" in text
+  assert f"| accuracy | +0.0200 | 0.0100 | [{acc['low']:+.4f}, {acc['high']:+.4f}] |" in text

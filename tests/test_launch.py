@@ -9,6 +9,8 @@ import sys
 import pytest
 
 from conftest import REPO
+from csg_jax import cli
+from csg_jax.errors import CSGError
 
 
 COMMANDS = ("train", "evaluate", "compare", "applications", "build_shapes", "build_voc_part",
@@ -96,6 +98,23 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, args, expected
   assert len(proc.stderr.strip().splitlines()) <= 3, proc.stderr
   assert sorted(os.listdir(workdir)) == ["results.json"]
   assert (workdir / "results.json").read_text() == '{"keep": true}'
+
+
+def test_compare_seeds_flag_values():
+  assert cli.parse_seeds("") is None
+  assert cli.parse_seeds("0, 1,2") == (0, 1, 2)
+  for bad in ("0,x", "1,1", "-1", "0,,2"):
+    with pytest.raises(CSGError, match=f"--seeds is '{bad}': give distinct non-negative"):
+      cli.parse_seeds(bad)
+
+
+def test_compare_bad_seeds_is_one_line_and_writes_nothing(tmp_path):
+  proc = _run([*_shim("compare"), "--seeds=0,x", f"--workdir={tmp_path / 'w'}"])
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "error: --seeds is '0,x': give distinct non-negative integers separated by commas, e.g. "
+      "--seeds 0,1,2"]
+  assert not (tmp_path / "w").exists()
 
 
 def test_unwritable_workdir(tmp_path):

@@ -10,7 +10,7 @@ import os
 import re
 import sys
 import tempfile
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import csg_jax
 from csg_jax.errors import CSGError
@@ -197,6 +197,23 @@ def check_workdir(workdir: str) -> None:
   except OSError as e:
     raise CSGError(f"cannot write to --workdir {workdir!r} ({e.strerror}); choose a folder you "
                    "can write to") from None
+
+
+def parse_seeds(text: str) -> Optional[Tuple[int, ...]]:
+  """The seeds of `--seeds 0,1,2` (None for an empty value: one run per method, config.seed).
+
+  Parsed before the heavy imports, so a mistyped value fails at once.
+  """
+  if not text.strip():
+    return None
+  try:
+    seeds = tuple(int(part) for part in text.split(","))
+  except ValueError:
+    seeds = ()
+  if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+    raise CSGError(f"--seeds is {text!r}: give distinct non-negative integers separated by "
+                   "commas, e.g. --seeds 0,1,2")
+  return seeds
 
 
 def print_summary(results, workdir: str) -> None:

@@ -6,10 +6,11 @@ r"""The paper's applications on trained runs: localization and adversarial-sampl
       --app.localization.methods="('cam',)"
 
 For each run: localization (GradMap, CAM, ActivMap; only when the data set has object masks,
-i.e. `<data.path>/masks/<test split>.npy`), FGSM/PGD attacks and detection ROC-AUCs. Writes
-`W/eval/applications.json`, `W/eval/applications.md` and PNG figures; with an STD and a CSG run,
-also a side-by-side report (`--out`, default `<csg workdir>/eval/`). Definitions and protocol:
-docs/applications.md. From a checkout without `pip install -e .`: python launch/applications.py
+i.e. `<data.path>/masks/<test split>.npy`, or the voc_part_released source), FGSM/PGD attacks
+and detection ROC-AUCs. Writes `W/eval/applications.json`, `W/eval/applications.md` and PNG
+figures; with an STD and a CSG run, also a side-by-side report (`--out`, default
+`<csg workdir>/eval/`). Definitions and protocol: docs/applications.md. From a checkout without
+`pip install -e .`: python launch/applications.py
 """
 
 import time

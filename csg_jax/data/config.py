@@ -11,12 +11,13 @@ from ml_collections import config_dict
 
 from csg_jax.errors import CSGError
 
-SOURCES = ("digits", "folder", "tfds")
+SOURCES = ("digits", "folder", "tfds", "voc_part_released")
 TAR_EXTENSIONS = (".tar.gz", ".tgz", ".tar")  # Archives the folder source reads.
 
 # Per-channel statistics of the training images, on the 0..1 scale.
 DIGITS_MEAN, DIGITS_STD = (0.3054,), (0.3760,)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def default_config(source: str = "digits") -> ml_collections.ConfigDict:
@@ -29,8 +30,9 @@ def default_config(source: str = "digits") -> ml_collections.ConfigDict:
     raise CSGError(f"Unknown data source {source!r}: choose one of {', '.join(SOURCES)}.")
   cifar_like = source != "digits"
   c = ml_collections.ConfigDict()
-  c.source = source  # Where examples come from: 'digits' (bundled), 'folder' or 'tfds'.
-  # (folder) A folder or .tar/.tar.gz/.tgz holding <train_split>/<class>/*.{jpg,jpeg,png}.
+  # Where examples come from: 'digits' (bundled), 'folder', 'tfds' or 'voc_part_released'.
+  c.source = source
+  # (folder) A folder or tarball of <split>/<class>/*.jpg; (voc_part_released) processed/'s parent.
   c.path = config_dict.placeholder(str)
   c.name = "cifar10"  # (tfds) TFDS data set name, e.g. 'cifar10' or 'imagenet2012'.
   c.data_dir = config_dict.placeholder(str)  # (tfds) Local or gs:// data dir; None: TFDS default.
@@ -40,7 +42,8 @@ def default_config(source: str = "digits") -> ml_collections.ConfigDict:
   c.test_fraction = 0.2  # (digits) Fraction held out, stratified, with a fixed seed, as 'test'.
   # Share of each train class held out (seed: config.seed) as 'val', evaluated in training; 0: none.
   c.validation_fraction = 0.0
-  c.cache_dir = "~/.cache/csg_jax"  # (folder; tfds on gs://, s3://) Local cache, keyed by content.
+  # (folder, voc_part_released; tfds on gs:// or s3://) Local cache, keyed by content.
+  c.cache_dir = "~/.cache/csg_jax"
   c.decode_workers = 0  # (folder) Decoding processes; 0: one per CPU core, 1: in-process.
   c.skip_corrupt = False  # (folder) Skip unreadable images (and report them) instead of failing.
   c.image_size = config_dict.placeholder(int)  # Square side images are resized to; None: keep.
@@ -55,6 +58,8 @@ def default_config(source: str = "digits") -> ml_collections.ConfigDict:
   # images) when the data set loads; dataset.json records what a run used.
   c.std = ()  # Per-channel std (0..1) to divide by; empty: the data set's own (see above).
   c.prefetch = 2  # Batches a background thread prepares ahead; 0: none.
+  if source == "voc_part_released":  # The released transforms (VOCPart.py): pad 128/8, ImageNet.
+    c.crop_padding, c.mean, c.std = 16, IMAGENET_MEAN, IMAGENET_STD
   return c
 
 
@@ -112,6 +117,10 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     if not 0 < lo <= hi:
       raise CSGError(f"data.rrc_ratio is {(lo, hi)}: need 0 < low <= high.")
 
+  if source == "voc_part_released":
+    if not cfg.path or not os.path.isdir(os.path.expanduser(cfg.path)):
+      raise CSGError(f"data.path is {cfg.path!r}: set --config.data.path to the folder holding "
+                     "processed/ of the authors' preprocessed VOC Part (preprocessed_VOC_Part/).")
   if source == "folder":
     if not cfg.path:
       raise CSGError("data.path is not set: set --config.data.path to a folder or .tar.gz holding "

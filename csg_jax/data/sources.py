@@ -12,7 +12,8 @@ from csg_jax.errors import CSGError
 
 # Imported on demand: digits pulls in scikit-learn, tfds pulls in tensorflow_datasets.
 _LOADERS = {"digits": "csg_jax.data.digits", "folder": "csg_jax.data.folder",
-            "tfds": "csg_jax.data.tfds_source"}
+            "tfds": "csg_jax.data.tfds_source",
+            "voc_part_released": "csg_jax.data.voc_part_released"}
 
 
 def load_dataset(data_config, *, seed: int = 0) -> Dataset:

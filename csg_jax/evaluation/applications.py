@@ -1,9 +1,10 @@
 """The paper's applications on trained runs: localization and adversarial-sample detection.
 
 For each run: localization (GradMap, CAM, ActivMap; only when the data set has object masks,
-i.e. `<data.path>/masks/<test split>.npy`), FGSM/PGD attacks and detection ROC-AUCs. Writes
-`W/eval/applications.json`, `W/eval/applications.md` and PNG figures; with an STD and a CSG run,
-also a side-by-side report. Definitions and protocol: docs/applications.md.
+i.e. `<data.path>/masks/<test split>.npy`, or the voc_part_released source), FGSM/PGD attacks
+and detection ROC-AUCs. Writes `W/eval/applications.json`, `W/eval/applications.md` and PNG
+figures; with an STD and a CSG run, also a side-by-side report. Definitions and protocol:
+docs/applications.md.
 """
 
 import itertools
@@ -19,6 +20,7 @@ import optax
 from csg_jax import data as data_lib
 from csg_jax import fileio
 from csg_jax import training
+from csg_jax.data import voc_part_released
 from csg_jax.errors import CSGError
 from csg_jax.evaluation import attacks
 from csg_jax.evaluation import detection
@@ -129,7 +131,7 @@ def evaluate_run(workdir: str, cfg, *, devices=None) -> Tuple[Report, Curves]:
   log(f"  clean accuracy {report['accuracy']:.4f}; one forward+backward pass over the test split "
       f"takes {report['fwd_bwd_seconds']:.2f} s")
 
-  masks_path = _masks_path(config)
+  masks_path = _masks_path(config, dataset)
   if cfg.run_localization and masks_path is None:
     log("  localization skipped: the data set has no object masks (<data.path>/masks/"
         f"{config.data.test_split}.npy)")
@@ -290,11 +292,16 @@ def _time_fwd_bwd(run, batch_size: int, repeats: int = 3) -> float:
   return float(sorted(times)[len(times) // 2])
 
 
-def _masks_path(config) -> Optional[str]:
-  if config.data.source != "folder" or not config.data.path:
+def _masks_path(config, dataset) -> Optional[str]:
+  """The test split's object masks: <data.path>/masks/<test split>.npy beside a folder source,
+  or those the voc_part_released source decoded into its cache; None if there are none."""
+  if config.data.source == "voc_part_released":
+    path = voc_part_released.masks_path(dataset.cache.path, "test")
+  elif config.data.source == "folder" and config.data.path:
+    path = os.path.join(os.path.expanduser(config.data.path), "masks",
+                        f"{config.data.test_split}.npy")
+  else:
     return None
-  path = os.path.join(os.path.expanduser(config.data.path), "masks",
-                      f"{config.data.test_split}.npy")
   return path if os.path.exists(path) else None
 
 

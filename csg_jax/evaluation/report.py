@@ -2,8 +2,9 @@
 
 `evaluate_workdir(W)` restores W's newest checkpoint, runs the test split through the STD path,
 and writes W/eval/report.json (accuracy, MIS, density, per-class accuracy, filters per class),
-W/eval/mi_matrix.npy and three figures. `compare(std_report, csg_report)` renders the paper's
-Table 1 form.
+W/eval/mi_matrix.npy and three figures. `comparison_markdown` renders the paper's Table 1 form;
+over several seeds, `seed_summary` gives mean ± sd per method and the paired CSG − STD
+differences with their Student-t intervals (`train_and_compare(config, root, seeds)`).
 """
 
 import dataclasses
@@ -117,9 +118,9 @@ def write_comparison(root: str, evaluations: Mapping[str, Evaluation]) -> str:
   return path
 
 
-def train_and_compare(config, root: str) -> str:
-  """Trains `config` as STD in <root>/std and as CSG in <root>/csg (same seed), evaluates both,
-  and writes <root>/compare.md and compare.png; returns the .md path."""
+def _train_pair(config, root: str) -> Dict[str, Evaluation]:
+  """Trains (or reuses) `config` as STD in <root>/std and as CSG in <root>/csg, evaluates both,
+  and writes <root>/compare.md and compare.png."""
   evaluations = {}
   for method in ("std", "csg"):
     run_config = config.copy_and_resolve_references()
@@ -139,4 +140,129 @@ def train_and_compare(config, root: str) -> str:
   log(f"STD: accuracy {std['accuracy']:.4f}, MIS {std['mis']:.4f} | CSG: accuracy "
       f"{csg['accuracy']:.4f}, MIS {csg['mis']:.4f}, density {csg['gate_density']:.4f}; "
       f"table in {path}")
+  return evaluations
+
+
+def train_and_compare(config, root: str, seeds: Optional[Sequence[int]] = None) -> str:
+  """Trains `config` as STD and as CSG and compares them; returns the path of compare.md.
+
+  Without `seeds`: one pair with config.seed in <root>/std and <root>/csg. With seeds: a pair
+  per seed k in <root>/seed<k>/{std,csg} (each with its own compare.md), and in <root>
+  compare.md and compare.json with the per-seed rows, mean ± sd and the paired CSG − STD
+  differences with their confidence intervals.
+  """
+  if seeds is None:
+    _train_pair(config, root)
+    return fileio.join(root, "compare.md")
+  reports = {}
+  for seed in seeds:
+    seed_config = config.copy_and_resolve_references()
+    seed_config.unlock()
+    seed_config.seed = seed
+    log(f"=== seed {seed}")
+    pair = _train_pair(seed_config, fileio.join(root, f"seed{seed}"))
+    reports[seed] = {method: e.report for method, e in pair.items()}
+  path = write_seed_comparison(root, reports)
+  for metric, d in seed_summary(reports)["difference"].items():
+    ci = "" if d["low"] is None else f", 95 % CI [{d['low']:+.4f}, {d['high']:+.4f}]"
+    log(f"CSG − STD {_LABELS[metric]} over {d['n']} seeds: {d['mean']:+.4f}{ci}")
+  log(f"table in {path}")
+  return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Several seeds: mean ± sd per method and the paired CSG − STD difference.
+# ---------------------------------------------------------------------------------------------
+
+SEED_METRICS = ("accuracy", "mis", "gate_density")  # per run, as in report.json
+CONFIDENCE = 0.95
+
+
+def mean_sd(values: Sequence[float]) -> Dict[str, Optional[float]]:
+  """Mean and sample standard deviation (n - 1 in the denominator; None below 2 values)."""
+  x = np.asarray(values, np.float64)
+  return {"n": len(x), "mean": float(x.mean()),
+          "sd": float(x.std(ddof=1)) if len(x) > 1 else None}
+
+
+def t_quantile(probability: float, df: int) -> float:
+  """The `probability` quantile of Student's t with `df` degrees of freedom."""
+  from scipy import special  # pylint: disable=g-import-not-at-top  (scikit-learn's dependency)
+  return float(special.stdtrit(df, probability))
+
+
+def paired_difference(csg: Sequence[float], std: Sequence[float],
+                      confidence: float = CONFIDENCE) -> Dict[str, Optional[float]]:
+  """Mean of the per-seed differences csg - std with a Student-t confidence interval.
+
+  Pairing by seed removes what the two runs of a seed share (initialisation, data order), so the
+  interval is that of the differences, with n - 1 degrees of freedom; None below 2 seeds.
+  """
+  diff = np.asarray(csg, np.float64) - np.asarray(std, np.float64)
+  out = {**mean_sd(diff), "confidence": confidence, "t": None, "low": None, "high": None}
+  if out["sd"] is not None:
+    out["t"] = t_quantile(0.5 + confidence / 2, len(diff) - 1)
+    half = out["t"] * out["sd"] / float(np.sqrt(len(diff)))
+    out["low"], out["high"] = out["mean"] - half, out["mean"] + half
+  return out
+
+
+def seed_summary(reports: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> Dict[str, Any]:
+  """What compare.json holds: {seed: {"std": report, "csg": report}} -> per-seed rows,
+  mean ± sd per method and metric, and the paired CSG − STD difference per metric both have."""
+  seeds = list(reports)
+  first = reports[seeds[0]]["csg"]
+  runs = [{"seed": s, **{m: {k: reports[s][m][k] for k in SEED_METRICS + ("step", "workdir")}
+                         for m in ("std", "csg")}} for s in seeds]
+  values = {m: {k: [r[m][k] for r in runs] for k in SEED_METRICS} for m in ("std", "csg")}
+  summary = {m: {k: mean_sd(v) for k, v in per.items() if None not in v}
+             for m, per in values.items()}
+  difference = {k: paired_difference(values["csg"][k], values["std"][k]) for k in SEED_METRICS
+                if None not in values["std"][k] + values["csg"][k]}
+  return {"model": first["model"], "dataset": first["dataset"],
+          "num_examples": first["num_examples"], "seeds": seeds, "runs": runs,
+          "summary": summary, "difference": difference}
+
+
+_LABELS = {"accuracy": "accuracy", "mis": "MIS", "gate_density": "L1 density"}
+
+
+def _mean_sd_text(stat: Optional[Mapping[str, Any]]) -> str:
+  if stat is None:
+    return "–"
+  return f"{stat['mean']:.4f}" + ("" if stat["sd"] is None else f" ± {stat['sd']:.4f}")
+
+
+def seed_markdown(summary: Mapping[str, Any]) -> str:
+  """compare.md over several seeds: per-seed rows, mean ± sd, paired differences with CIs."""
+  columns = [(m, k) for m in ("std", "csg") for k in SEED_METRICS
+             if not (m == "std" and k == "gate_density")]
+  head = " | ".join(f"{m.upper()} {_LABELS[k]}" for m, k in columns)
+  n = len(summary["seeds"])
+  lines = [f"# STD vs CSG over {n} seed(s): {summary['model']} on {summary['dataset']}", "",
+           f"| seed | {head} |", "|---|" + "---|" * len(columns)]
+  for run in summary["runs"]:
+    lines.append(f"| {run['seed']} | "
+                 + " | ".join(_fmt(run[m][k]) for m, k in columns) + " |")
+  lines.append("| mean ± sd | " + " | ".join(
+      _mean_sd_text(summary["summary"][m].get(k)) for m, k in columns) + " |")
+  lines += ["", "Paired CSG − STD difference per seed (same seed: same initialisation and data "
+            f"order); interval: Student t with n − 1 = {n - 1} degrees of freedom.", "",
+            "| metric | mean difference | sd | 95 % CI |", "|---|---|---|---|"]
+  for k, d in summary["difference"].items():
+    ci = "–" if d["low"] is None else f"[{d['low']:+.4f}, {d['high']:+.4f}]"
+    sd = "–" if d["sd"] is None else f"{d['sd']:.4f}"
+    lines.append(f"| {_LABELS[k]} | {d['mean']:+.4f} | {sd} | {ci} |")
+  lines += ["", f"Test split, STD path, {summary['num_examples']} examples; sd: sample standard "
+            "deviation over seeds. Per-seed tables and figures: seed<k>/compare.md.", ""]
+  return "\n".join(lines)
+
+
+def write_seed_comparison(root: str, reports: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> str:
+  """<root>/compare.json and <root>/compare.md from {seed: {"std": report, "csg": report}};
+  returns the .md path."""
+  summary = seed_summary(reports)
+  fileio.write_json_atomic(fileio.join(root, "compare.json"), summary)
+  path = fileio.join(root, "compare.md")
+  fileio.write_text_atomic(path, seed_markdown(summary))
   return path
