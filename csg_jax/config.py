@@ -70,9 +70,7 @@ def base_config(data_source: str = "digits") -> ml_collections.ConfigDict:
   config.optimizer.schedule = "cosine"  # cosine | multistep | constant
   config.optimizer.warmup_steps = 0  # linear warm-up steps (cosine only)
   config.optimizer.milestones = (0.5, 0.75)  # multistep: decay points as fractions of training
-  # multistep: decay after this many of each optimiser's own epochs, as the released code's
-  # per-optimiser MultiStepLR does (e.g. (60, 90, 120)); empty: use `milestones`.
-  config.optimizer.milestone_epochs = ()
+  config.optimizer.milestone_epochs = ()  # multistep: decay after N own epochs (empty: milestones)
   config.optimizer.decay_factor = 0.1  # multistep: learning-rate factor at each milestone
   config.optimizer.grad_clip_norm = 0.0  # clip gradients to this global norm (0: off)
   config.optimizer.freeze = ""  # regex searched in parameter paths: frozen, e.g. "stem|stage1"
