@@ -148,7 +148,8 @@ def default_workdir(config, config_flag_name: str = "config") -> str:
   """workdirs/<dataset>_<model>_<method>[-<field>=<value>...]: the overrides that differ from
   the config file's values name the run, so a changed command never resumes another run."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  # The module itself: ml_collections 1.1's package no longer re-exports ConfigFileFlagParser.
+  from ml_collections.config_flags import config_flags  # pylint: disable=g-import-not-at-top
   from csg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   flag = flags.FLAGS[config_flag_name]
   with config_errors():
