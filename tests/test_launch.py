@@ -12,7 +12,7 @@ from conftest import REPO
 
 
 COMMANDS = ("train", "evaluate", "compare", "applications", "build_shapes", "build_voc_part",
-            "import_torch", "prepare_tfds")
+            "import_torch", "prepare_tfds", "explain")
 
 
 def _run(argv, cwd=None):
