@@ -248,8 +248,8 @@ def explanation_figure(path: str, e, class_names: Sequence[str], *, filter_notes
   top = grid[0].subgridspec(1, 4, width_ratios=[1, 1, 1.3, 2.4], wspace=0.45)
   ax = fig.add_subplot(top[0])
   _show_image(ax, e.image)
-  ax.set_title(f"{e.source}\nlabel: {'?' if e.label is None else class_names[e.label]}",
-               fontsize=9)
+  ax.set_title(f"{e.source.rsplit('/', 1)[-1]}\n"  # a file by its name: the JSON has the path
+               f"label: {'?' if e.label is None else class_names[e.label]}", fontsize=9)
   ax = fig.add_subplot(top[1])
   heat = _overlay(ax, e.image, e.cam / (cam_max if cam_max > 0 else 1.0), cmap="RdBu_r",
                   vmin=-1.0, vmax=1.0)

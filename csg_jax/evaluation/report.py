@@ -151,14 +151,14 @@ def train_and_compare(config, root: str) -> str:
 
 
 def _filter_note(classes: explain.FilterClasses, k: int, class_names: Sequence[str]) -> str:
-  """Filter k's classes in a few words: 'gate: 3 (1.00) · MI: 3'."""
+  """Filter k's classes, a line each: 'gate: 3 (1.00)', 'MI: 3'."""
   d = classes.describe(k, class_names)
   parts = []
   if "gate_class" in d:
     parts.append(f"gate: {d['gate_class_name']} ({d['gate_value']:.2f})")
   if "mi_class" in d:
     parts.append(f"MI: {d['mi_class_name']}")
-  return " · ".join(parts)
+  return "\n".join(parts)
 
 
 def _output_names(indices: Sequence[int], files: Sequence[str]) -> List[str]:
