@@ -29,6 +29,9 @@ from csg_jax.evaluation.localization import bilinear_matrix
 from csg_jax.training import parallel
 
 
+CLOSED = -1  # the gate class of a filter whose gate column is all zero: it serves no class
+
+
 @dataclasses.dataclass(frozen=True)
 class FilterClasses:
   """Which class each filter serves, by the gate G [C, K] (CSG runs) and by the MI matrix
@@ -38,7 +41,11 @@ class FilterClasses:
 
   @property
   def gate_class(self) -> Optional[np.ndarray]:
-    return None if self.gate is None else mis_lib.assigned_class_from_gate(self.gate)
+    """[K] argmax of each gate column; CLOSED where the column is all zero."""
+    if self.gate is None:
+      return None
+    return np.where(self.gate.max(axis=0) > 0, mis_lib.assigned_class_from_gate(self.gate),
+                    CLOSED)
 
   @property
   def mi_class(self) -> Optional[np.ndarray]:
@@ -64,11 +71,16 @@ class FilterClasses:
     return matrix.max(axis=0)
 
   def describe(self, k: int, class_names: Sequence[str]) -> Dict[str, object]:
-    """Filter k's classes and their values, by every assignment the run has."""
+    """Filter k's classes and their values, by every assignment the run has (a closed
+    filter's gate class is None)."""
     out: Dict[str, object] = {}
     if self.gate is not None:
       c = int(self.gate_class[k])
-      out.update(gate_class=c, gate_class_name=class_names[c], gate_value=float(self.gate[c, k]))
+      if c == CLOSED:
+        out.update(gate_class=None, gate_class_name=None, gate_value=0.0)
+      else:
+        out.update(gate_class=c, gate_class_name=class_names[c],
+                   gate_value=float(self.gate[c, k]))
     if self.mi is not None:
       c = int(self.mi_class[k])
       out.update(mi_class=c, mi_class_name=class_names[c], mi_nats=float(self.mi[c, k]))
@@ -280,8 +292,9 @@ def scan_split(run, split: str = "test", *, top_k: int = 8) -> SplitScan:
 
 
 def purity(top_labels: np.ndarray, assigned: np.ndarray) -> np.ndarray:
-  """[K] share of each filter's top-k images whose label is the filter's assigned class."""
-  return (top_labels == assigned[:, None]).mean(axis=1)
+  """[K] share of each filter's top-k images whose label is the filter's assigned class (NaN
+  for a closed filter, which has none)."""
+  return np.where(assigned == CLOSED, np.nan, (top_labels == assigned[:, None]).mean(axis=1))
 
 
 @dataclasses.dataclass
@@ -294,8 +307,11 @@ class AtlasRow:
 
 
 def atlas_order(classes: FilterClasses) -> np.ndarray:
-  """Filters grouped by assigned class, the strongest assignment first within a class."""
-  return np.lexsort((-classes.strength, classes.assigned))
+  """Filters grouped by assigned class, the strongest assignment first within a class; closed
+  filters last."""
+  assigned = classes.assigned
+  return np.lexsort((-classes.strength, np.where(assigned == CLOSED, assigned.max() + 1,
+                                                 assigned)))
 
 
 def atlas_rows(run, scan: SplitScan, filters: Sequence[int], *,
@@ -324,7 +340,7 @@ def atlas_record(scan: SplitScan, classes: FilterClasses,
   for k in atlas_order(classes):
     filters.append({
         "filter": int(k), **classes.describe(k, class_names),
-        "purity": {by: float(p[k]) for by, p in purities.items()},
+        "purity": {by: None if np.isnan(p[k]) else float(p[k]) for by, p in purities.items()},
         "largest_activation": float(scan.filter_max[k]),
         "top": [{"index": int(i), "label": int(l), "label_name": class_names[l],
                  "mean_activation": float(v)}
@@ -332,5 +348,5 @@ def atlas_record(scan: SplitScan, classes: FilterClasses,
     })
   return {"split": scan.split, "top_k": int(scan.top_indices.shape[1]),
           "assigned_by": classes.assigned_by,
-          "mean_purity": {by: float(p.mean()) for by, p in purities.items()},
+          "mean_purity": {by: float(np.nanmean(p)) for by, p in purities.items()},  # open filters
           "filters": filters}

@@ -306,7 +306,8 @@ def atlas_page(path: str, rows, row_notes: Sequence[str], row_classes: Sequence[
   the filter's own fixed scale; every image is labelled with its class, green where it is the
   filter's assigned class (`row_classes`), and a rule separates the classes' groups."""
   n, k = len(rows), max(len(r.images) for r in rows)
-  fig, axes = plt.subplots(n, k, figsize=(2.2 + 1.05 * k, 0.9 + 1.1 * n), squeeze=False)
+  fig, axes = plt.subplots(n, k, figsize=(max(7.5, 2.2 + 1.05 * k), 1.0 + 1.1 * n),
+                           squeeze=False)
   heat = None
   for r, (row, note, assigned) in enumerate(zip(rows, row_notes, row_classes)):
     for j in range(k):
@@ -322,7 +323,7 @@ def atlas_page(path: str, rows, row_notes: Sequence[str], row_classes: Sequence[
                     "linewidth": 0})
     axes[r, 0].set_ylabel(note, rotation=0, ha="right", va="center", fontsize=8, labelpad=6)
   fig.suptitle(title, fontsize=10)
-  fig.tight_layout(rect=(0, 0, 0.9, 0.97))
+  fig.tight_layout(rect=(0, 0, 0.9, 1 - 0.5 / fig.get_figheight()))
   for r in range(1, n):  # a rule between class groups
     if row_classes[r] != row_classes[r - 1]:
       y = (axes[r - 1, 0].get_position().y0 + axes[r, 0].get_position().y1) / 2

@@ -155,7 +155,8 @@ def _filter_note(classes: explain.FilterClasses, k: int, class_names: Sequence[s
   d = classes.describe(k, class_names)
   parts = []
   if "gate_class" in d:
-    parts.append(f"gate: {d['gate_class_name']} ({d['gate_value']:.2f})")
+    parts.append("gate: closed" if d["gate_class"] is None else
+                 f"gate: {d['gate_class_name']} ({d['gate_value']:.2f})")
   if "mi_class" in d:
     parts.append(f"MI: {d['mi_class_name']}")
   return "\n".join(parts)
@@ -218,12 +219,13 @@ def _write_atlas(run, workdir, out, classes, scan, title, filters_per_page) -> D
   for start in range(0, len(order), filters_per_page):
     filters = order[start:start + filters_per_page]
     name = f"atlas_{len(pages) + 1}.png"
-    notes = [f"filter {k}\n{by}: {class_names[assigned[k]]} ({value.format(strength[k])})\n"
-             f"purity {hits[k]}/{top_k}" for k in filters]
+    notes = [f"filter {k}\n" + ("gate: closed" if assigned[k] == explain.CLOSED else
+                                f"{by}: {class_names[assigned[k]]} ({value.format(strength[k])})"
+                                f"\npurity {hits[k]}/{top_k}") for k in filters]
     plots.atlas_page(fileio.join(out, name), explain.atlas_rows(run, scan, filters), notes,
                      assigned[filters], class_names,
                      title=f"{title}: filters {start + 1}-{start + len(filters)} of "
-                           f"{len(order)} by {by} class, each with its top {top_k} test "
+                           f"{len(order)} by {by} class,\neach with its top {top_k} test "
                            "images (label green: the filter's class)")
     pages.append(name)
   record = explain.atlas_record(scan, classes, class_names)
