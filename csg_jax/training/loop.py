@@ -185,8 +185,10 @@ def _evaluate(setup: run_lib.RunSetup, eval_fn, state: TrainState, split: str,
 def _write_gate(setup: run_lib.RunSetup, state: TrainState, writer: MetricWriter,
                 step: int) -> None:
   """The gate G as a TensorBoard image on the fixed scale [0, 1] (classes x filters, filters
-  sorted by class) and each class's number of filters by G's argmax, `filters_per_class/<name>`.
-  Nothing for a run without a gate."""
+  sorted by class); each class's number of filters by G's argmax, `filters_per_class/<name>`,
+  counting open filters only, and `gate/closed_filters`, whose column is all zero (the argmax
+  of such a column is class 0 by convention, not a class the filter serves). Nothing for a run
+  without a gate."""
   gate = state.host_gate()
   if gate is None or not writer.enabled:
     return
@@ -195,9 +197,11 @@ def _write_gate(setup: run_lib.RunSetup, state: TrainState, writer: MetricWriter
   writer.write_image(step, "gate", plots.matrix_image(
       gate, names, vmax=1.0, colorbar_label="gate value", cmap="magma",
       title=f"gate G at step {step}, L1 density {float(gate_lib.l1_density(gate)):.3f}"))
-  counts = mis_lib.filters_per_class(mis_lib.assigned_class_from_gate(gate), len(names))
-  writer.write_tensorboard_scalars(
-      step, {f"filters_per_class/{name}": count for name, count in zip(names, counts)})
+  is_open = gate.max(axis=0) > 0
+  counts = mis_lib.filters_per_class(mis_lib.assigned_class_from_gate(gate)[is_open], len(names))
+  writer.write_tensorboard_scalars(step, {
+      **{f"filters_per_class/{name}": count for name, count in zip(names, counts)},
+      "gate/closed_filters": int((~is_open).sum())})
 
 
 def train_and_evaluate(config, workdir: str, *,
