@@ -40,6 +40,23 @@ def _indices(values) -> list:
                    "--indices 0,1,2") from None
 
 
+def _refuse_early(workdir: str, indices) -> None:
+  """What the workdir's own files refuse (no checkpoint; an index past the test split's size in
+  dataset.json), before the seconds of loading JAX and the run; loading checks them again."""
+  from csg_jax import fileio  # pylint: disable=g-import-not-at-top
+  if not fileio.exists(fileio.join(workdir, "config.json")):
+    return  # not a workdir: loading it says so
+  if not any(d.isdigit() for d in fileio.listdir(fileio.join(workdir, "checkpoints"))):
+    raise CSGError(f"{workdir!r} holds no checkpoint yet; train it first with launch/train.py")
+  dataset_json = fileio.join(workdir, "dataset.json")
+  if indices and fileio.exists(dataset_json):
+    size = fileio.read_json(dataset_json)["split_sizes"]["test"]
+    bad = [i for i in indices if not 0 <= i < size]
+    if bad:
+      raise CSGError(f"test-split index {bad[0]} is out of range: the test split has {size} "
+                     f"images (0 to {size - 1})")
+
+
 def _percent(share) -> str:
   return "n/a" if share is None else f"{100 * share:.0f} %"
 
@@ -59,6 +76,7 @@ def main(argv):
     for path in files:  # before the seconds of loading JAX and the run
       if not fileio.exists(path):
         raise CSGError(f"image file {path!r} does not exist")
+    _refuse_early(_WORKDIR.value, indices)
     from csg_jax.evaluation import report  # pylint: disable=g-import-not-at-top
     from csg_jax.log import log  # pylint: disable=g-import-not-at-top
     written = report.explain_workdir(
