@@ -4,12 +4,10 @@ Expected values come from numpy on the model's own feature map and head variable
 sort over every activation; never from explain.py.
 """
 
-import glob
 import io
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 
@@ -18,28 +16,30 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, small_config
+from conftest import REPO, small_config, tensorboard_events
 from csg_jax import training
 from csg_jax.data import augment
+from csg_jax.errors import CSGError
 from csg_jax.evaluation import explain
 from csg_jax.evaluation import report as report_lib
-
-
-@pytest.fixture(scope="session")
-def std_run(tmp_path_factory):
-  """A 4-step STD run of the tiny CNN at K = 16 (straight_run's K: the MI estimator's
-  compilation is shared), evaluated during training (step 2) and at its end."""
-  workdir = str(tmp_path_factory.mktemp("std_explain"))
-  config = small_config(method="std", num_epochs=0.15, eval_every_steps=2)
-  config.model.name, config.model.width = "tiny", 8
-  training.train_and_evaluate(config, workdir)
-  return workdir
+from csg_jax.training import run as run_lib
 
 
 @pytest.fixture(scope="module")
 def csg(straight_run):
   """The shared small CSG run (ResNet-8 at width 4: K = 16, 2 x 2 maps), restored."""
   return training.load_run(straight_run[0])
+
+
+@pytest.fixture(scope="module")
+def std_run(csg, tmp_path_factory):
+  """An STD workdir: the STD model (no gate) with straight_run's trunk and head as its step 0,
+  written as imported weights are; an STD run without the seconds of training one."""
+  workdir = str(tmp_path_factory.mktemp("std_explain"))
+  variables = dict(jax.device_get(csg.state.variables()))
+  del variables["gates"]
+  run_lib.save_as_run(small_config(method="std"), variables, workdir)
+  return workdir
 
 
 def _numpy_forward(run, images):
@@ -121,9 +121,12 @@ def test_atlas_top_k_scales_and_purity_equal_brute_force(csg):
   kernel = np.asarray(run.state.params["head"]["kernel"], np.float64)
   np.testing.assert_allclose(scan.cam_max, np.abs(fmap @ kernel).max(axis=(0, 1, 2)),
                              rtol=1e-5)
-  assigned = run.state.host_gate().argmax(axis=0)
+  gate = run.state.host_gate()
+  assigned = np.where(gate.max(axis=0) > 0, gate.argmax(axis=0), -1)  # -1: closed, no class
   np.testing.assert_allclose(explain.purity(scan.top_labels, assigned),
-                             [np.mean(labels[brute[k]] == assigned[k]) for k in range(16)])
+                             [np.mean(labels[brute[k]] == assigned[k]) if assigned[k] >= 0
+                              else np.nan for k in range(16)])
+  np.testing.assert_array_equal(explain.FilterClasses(gate).gate_class, assigned)
 
 
 def test_csg_explanations_name_gate_and_mi_classes(straight_run, csg, tmp_path):
@@ -151,6 +154,9 @@ def test_std_run_is_explained_without_a_gate(std_run, tmp_path):
       image_file)
   written = report_lib.explain_workdir(std_run, indices=[5], files=[str(image_file)],
                                        atlas=True, top_k=3, filters_per_page=16, num_filters=3)
+  assert training.load_run(std_run).state.host_gate() is None
+  with pytest.raises(CSGError, match="test-split index 360 is out of range"):
+    report_lib.explain_workdir(std_run, indices=[0, 360])  # no dataset.json: checked loaded
   out = os.path.join(std_run, "explain")
   assert written["out"] == out and written["atlas"]["pages"] == 1  # K = 16
   assert sorted(os.listdir(out)) == ["atlas.json", "atlas_1.png", "explanations.json",
@@ -177,7 +183,7 @@ def test_std_run_is_explained_without_a_gate(std_run, tmp_path):
 
 
 def _read_with_tensorboard(logdir):
-  """({scalar tag: [(step, value)]}, {image tag: [(step, png bytes)]}) by TensorBoard itself."""
+  """tensorboard_events' answer, by TensorBoard's own reader (the `tensorboard` extra)."""
   accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
   events = accumulator.EventAccumulator(logdir, size_guidance={"scalars": 0, "images": 0})
   events.Reload()
@@ -186,41 +192,23 @@ def _read_with_tensorboard(logdir):
           {t: [(e.step, e.encoded_image_string) for e in events.Images(t)] for t in tags["images"]})
 
 
-def _read_records(logdir):
-  """The same from the TFRecord framing and tensorboardX's Event protobuf (always installed)."""
-  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
-  scalars, images = {}, {}
-  for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
-    data, offset = open(path, "rb").read(), 0
-    while offset < len(data):
-      (length,) = struct.unpack("<Q", data[offset:offset + 8])
-      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
-      offset += 16 + length  # length, its CRC, the record, its CRC
-      for v in event.summary.value:
-        if v.HasField("image"):
-          images.setdefault(v.tag, []).append((event.step, v.image.encoded_image_string))
-        elif v.HasField("simple_value"):
-          scalars.setdefault(v.tag, []).append((event.step, v.simple_value))
-  return scalars, images
-
-
-@pytest.mark.parametrize("read", [_read_with_tensorboard, _read_records],
+@pytest.mark.parametrize("read", [_read_with_tensorboard, tensorboard_events],
                          ids=["tensorboard", "records"])
-def test_tensorboard_shows_the_gate_and_filters_per_class(straight_run, csg, std_run, read):
+def test_tensorboard_shows_the_gate_and_filters_per_class(straight_run, csg, read):
+  """At the end of training (every evaluation: test_train's cadence test; none in STD runs:
+  test_evaluation's)."""
   scalars, images = read(os.path.join(straight_run[0], "tensorboard"))
   assert [step for step, _ in images["gate"]] == [23]
   assert [step for step, _ in images["test/mi_matrix"]] == [23]
   with Image.open(io.BytesIO(images["gate"][0][1])) as gate_image:
     assert gate_image.width > 500 and gate_image.height > 200
-  counts = np.bincount(csg.state.host_gate().argmax(0), minlength=10)
+  gate = csg.state.host_gate()
+  is_open = gate.max(axis=0) > 0  # an all-zero column serves no class
+  counts = np.bincount(gate.argmax(axis=0)[is_open], minlength=10)
   assert {t: v for t, v in scalars.items() if t.startswith("filters_per_class/")} == {
       f"filters_per_class/{c}": [(23, float(counts[c]))] for c in range(10)}
+  assert scalars["gate/closed_filters"] == [(23, float(16 - is_open.sum()))]
   assert [step for step, _ in scalars["test/accuracy"]] == [23]
-
-  scalars, images = read(os.path.join(std_run, "tensorboard"))
-  assert [step for step, _ in images["test/mi_matrix"]] == [2, 4]  # every evaluation
-  assert "gate" not in images
-  assert not any(t.startswith("filters_per_class/") for t in scalars)
 
 
 def _explain(*args):
