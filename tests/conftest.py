@@ -1,6 +1,8 @@
 """Test set-up: 8 fake CPU devices, so sharding is exercised on any machine."""
 
+import glob
 import os
+import struct
 
 import jax
 import pytest
@@ -35,6 +37,27 @@ def straight_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("straight"))
   results = training.train_and_evaluate(small_config(), workdir)
   return workdir, results
+
+
+def tensorboard_events(logdir):
+  """({scalar tag: [(step, value)]}, {image tag: [(step, PNG bytes)]}) of a TensorBoard log
+  folder, read from the TFRecord framing with tensorboardX's Event protobuf (no TensorBoard)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  scalars, images = {}, {}
+  for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+    with open(path, "rb") as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 16 + length  # length, its CRC, the record, its CRC
+      for v in event.summary.value:
+        if v.HasField("image"):
+          images.setdefault(v.tag, []).append((event.step, v.image.encoded_image_string))
+        elif v.HasField("simple_value"):
+          scalars.setdefault(v.tag, []).append((event.step, v.simple_value))
+  return scalars, images
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from conftest import REPO, small_config
+from conftest import REPO, small_config, tensorboard_events
 from csg_jax.evaluation import mis as mis_lib
 from csg_jax.evaluation import report as report_lib
 from csg_jax import training
@@ -52,6 +52,9 @@ def test_report_and_comparison(straight_run, tmp_path):
   with open(os.path.join(std_dir, "metrics.jsonl")) as f:
     tags = {json.loads(line)["split"] for line in f}
   assert tags == {"train", "test"}  # the same tags as a CSG run's: the curves overlay
+  scalars, images = tensorboard_events(os.path.join(std_dir, "tensorboard"))
+  assert set(images) == {"test/mi_matrix"}  # no gate image, no filters per class
+  assert not any(t.startswith(("filters_per_class/", "gate/")) for t in scalars)
   std = report_lib.evaluate_workdir(std_dir)
   assert std.report["gate_density"] is None and "gate" not in std.report["figures"]
   path = report_lib.write_comparison(str(tmp_path), {"std": std, "csg": csg})

@@ -14,7 +14,7 @@ from csg_jax.errors import CSGError
 
 
 COMMANDS = ("train", "evaluate", "compare", "applications", "build_shapes", "build_voc_part",
-            "import_torch", "prepare_tfds")
+            "import_torch", "prepare_tfds", "explain")
 
 
 def _run(argv, cwd=None):

@@ -11,7 +11,7 @@ import pytest
 from csg_jax import training
 from csg_jax.training import loop
 from csg_jax.training import parallel
-from conftest import small_config
+from conftest import small_config, tensorboard_events
 
 
 def _one_step(config, devices, batch):
@@ -102,6 +102,14 @@ def test_logging_evaluation_and_checkpoint_cadence(tmp_path):
   assert [r["step"] for r in rows if r["split"] == "test"] == [10, 20, 23]  # and the final one
   steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
   assert steps == [20, 23]  # every 5 steps and at the end, the newest 2 kept
+  # TensorBoard: the gate and the MI matrix as images, filters per class, at every evaluation.
+  scalars, images = tensorboard_events(str(tmp_path / "tensorboard"))
+  for tag in ("gate", "test/mi_matrix"):
+    assert [step for step, _ in images[tag]] == [10, 20, 23], tag
+  for tag in ("filters_per_class/0", "filters_per_class/9", "gate/closed_filters"):
+    assert [step for step, _ in scalars[tag]] == [10, 20, 23], tag
+  assert sum(scalars[f"filters_per_class/{c}"][-1][1] for c in range(10)) + scalars[
+      "gate/closed_filters"][-1][1] == 8  # each of the K = 8 filters (tiny, width 4) once
 
 
 def test_validation_split_during_training_and_test_once_at_the_end(tmp_path):

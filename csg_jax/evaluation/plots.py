@@ -1,5 +1,6 @@
 """Every figure csg_jax draws: the gate, the mutual-information matrix, the spread of filter MI,
-and the applications' localization maps, per-class IoU bars and detection ROC curves.
+the applications' localization maps, per-class IoU bars and detection ROC curves, per-image
+explanations and the filter atlas.
 
 Every figure takes its colour or axis range as an argument, so STD and CSG runs are drawn on the
 same scale and can be compared by eye. Files are PNGs written with matplotlib's Agg backend (no
@@ -41,17 +42,32 @@ def _matrix_axes(ax, matrix, order, class_names, vmax, title, cmap):
   return image
 
 
-def matrix_figure(path: str, matrix: np.ndarray, class_names: Sequence[str], *, title: str,
-                  vmax: float, colorbar_label: str, order: Optional[np.ndarray] = None,
-                  cmap: str = "viridis") -> None:
-  """A [C, K] matrix (gate or MI) as a heat map, filters sorted by their assigned class."""
+def _matrix_fig(matrix, class_names, title, vmax, colorbar_label, order, cmap):
   if order is None:
     order = filter_order(matrix.argmax(0), matrix.max(0))
   fig, ax = plt.subplots(figsize=(10, 3.5))
   image = _matrix_axes(ax, matrix, order, class_names, vmax, title, cmap)
   fig.colorbar(image, ax=ax, label=colorbar_label)
   fig.tight_layout()
-  _save(fig, path, dpi=100)
+  return fig
+
+
+def matrix_figure(path: str, matrix: np.ndarray, class_names: Sequence[str], *, title: str,
+                  vmax: float, colorbar_label: str, order: Optional[np.ndarray] = None,
+                  cmap: str = "viridis") -> None:
+  """A [C, K] matrix (gate or MI) as a heat map, filters sorted by their assigned class."""
+  _save(_matrix_fig(matrix, class_names, title, vmax, colorbar_label, order, cmap), path, dpi=100)
+
+
+def matrix_image(matrix: np.ndarray, class_names: Sequence[str], *, title: str, vmax: float,
+                 colorbar_label: str, cmap: str = "viridis") -> np.ndarray:
+  """matrix_figure's drawing as uint8 RGB [H, W, 3], for TensorBoard."""
+  fig = _matrix_fig(matrix, class_names, title, vmax, colorbar_label, None, cmap)
+  fig.set_dpi(100)
+  fig.canvas.draw()
+  pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+  plt.close(fig)
+  return pixels
 
 
 def max_mi_histogram(path: str, max_mi: dict, *, mi_ceiling: float, title: str) -> None:
@@ -193,3 +209,126 @@ def localization_iou_figure(path: str, reports: Mapping[str, Mapping]) -> None:
     ax.legend(fontsize=8)
   fig.tight_layout()
   _save(fig, path, dpi=110)
+
+
+# Per-image explanations and the filter atlas. Activation maps are drawn as a share of the
+# filter's largest activation on the test split, and CAMs as a share of the class's largest |CAM|
+# there: fixed scales, so the same filter's maps, and STD and CSG figures, compare by eye.
+_SERVES = "tab:green"  # a filter that serves the predicted (or the row's) class
+_OTHER = "tab:gray"
+_ACTIVATION_CMAP = "inferno"
+
+
+def _show_image(ax, image: np.ndarray) -> None:
+  """A uint8 [H, W, C] image, one-channel images in grey; no ticks."""
+  if image.shape[-1] == 1:
+    ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+  else:
+    ax.imshow(image, interpolation="nearest")
+  ax.set_xticks([])
+  ax.set_yticks([])
+
+
+def _overlay(ax, image: np.ndarray, heat: np.ndarray, *, cmap: str, vmin: float, vmax: float):
+  _show_image(ax, image)
+  return ax.imshow(heat, cmap=cmap, vmin=vmin, vmax=vmax, alpha=0.6, interpolation="bilinear")
+
+
+def explanation_figure(path: str, e, class_names: Sequence[str], *, filter_notes: Sequence[str],
+                       serves_predicted: Sequence[bool], filter_max: np.ndarray, cam_max: float,
+                       title: str) -> None:
+  """One image taken apart (an explain.Explanation): the image, the CAM of the predicted class,
+  the top class probabilities, the contributions to the predicted logit, and the activation maps
+  of the filters that gave most, each with its class (`filter_notes`)."""
+  n = len(e.top_filters)
+  predicted = class_names[e.predicted]
+  fig = plt.figure(figsize=(max(2.4 * n, 12.0), 6.6))
+  grid = fig.add_gridspec(2, 1, height_ratios=[1.0, 1.0], hspace=0.35, top=0.88, bottom=0.04,
+                          left=0.04, right=0.96)
+  top = grid[0].subgridspec(1, 4, width_ratios=[1, 1, 1.3, 2.4], wspace=0.45)
+  ax = fig.add_subplot(top[0])
+  _show_image(ax, e.image)
+  ax.set_title(f"{e.source.rsplit('/', 1)[-1]}\n"  # a file by its name: the JSON has the path
+               f"label: {'?' if e.label is None else class_names[e.label]}", fontsize=9)
+  ax = fig.add_subplot(top[1])
+  heat = _overlay(ax, e.image, e.cam / (cam_max if cam_max > 0 else 1.0), cmap="RdBu_r",
+                  vmin=-1.0, vmax=1.0)
+  ax.set_title(f"CAM of '{predicted}'", fontsize=9)
+  bar = fig.colorbar(heat, ax=ax, orientation="horizontal", fraction=0.08, pad=0.04)
+  bar.set_label(f"CAM / largest |CAM| of '{predicted}' (test split)", fontsize=7)
+  bar.ax.tick_params(labelsize=7)
+
+  ax = fig.add_subplot(top[2])
+  ranked = np.argsort(-e.probabilities, kind="stable")[:3][::-1]
+  bars = ax.barh([class_names[c] for c in ranked], e.probabilities[ranked],
+                 color=[_SERVES if c == e.predicted else _OTHER for c in ranked])
+  ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
+  ax.set(xlim=(0, 1.25), xticks=[0, 0.5, 1])
+  ax.set_title("prediction", fontsize=9)
+  ax.set_xlabel("probability", fontsize=8)
+  ax.tick_params(labelsize=8)
+
+  ax = fig.add_subplot(top[3])
+  shown = e.contributions[e.top_filters]
+  rest = float(e.contributions.sum() - shown.sum())
+  names = [f"filter {k}" for k in e.top_filters] + [
+      f"{len(e.contributions) - n} others", "bias"]
+  values = list(shown) + [rest, e.bias]
+  colors = [_SERVES if s else _OTHER for s in serves_predicted] + ["black", "black"]
+  bars = ax.barh(names[::-1], values[::-1], color=colors[::-1])
+  ax.bar_label(bars, fmt="%+.2f", fontsize=8, padding=2)
+  ax.axvline(0, color="black", linewidth=0.6)
+  low, high = min(0.0, *values), max(0.0, *values)
+  margin = 0.3 * (high - low or 1.0)
+  ax.set_xlim(low - (margin if low < 0 else 0), high + margin)
+  ax.set_title(f"logit of '{predicted}' = {e.logit:.2f}: contributions W·f + bias", fontsize=9)
+  ax.set_xlabel("logit units (green: the filter serves the predicted class)", fontsize=8)
+  ax.tick_params(labelsize=8)
+
+  bottom = grid[1].subgridspec(1, n + 1, width_ratios=[1] * n + [0.08], wspace=0.25)
+  for j, k in enumerate(e.top_filters):
+    ax = fig.add_subplot(bottom[j])
+    scale = filter_max[k] if filter_max[k] > 0 else 1.0
+    heat = _overlay(ax, e.image, e.filter_maps[j] / scale, cmap=_ACTIVATION_CMAP, vmin=0.0,
+                    vmax=1.0)
+    ax.set_title(f"filter {k}: {e.contributions[k]:+.2f}\n{filter_notes[j]}", fontsize=8,
+                 color="darkgreen" if serves_predicted[j] else "black")
+  bar = fig.colorbar(heat, cax=fig.add_subplot(bottom[n]))
+  bar.set_label("activation / filter's largest on the test split", fontsize=7)
+  bar.ax.tick_params(labelsize=7)
+  fig.suptitle(title, fontsize=10)
+  _save(fig, path, dpi=100)
+
+
+def atlas_page(path: str, rows, row_notes: Sequence[str], row_classes: Sequence[int],
+               class_names: Sequence[str], *, title: str) -> None:
+  """Atlas rows (explain.AtlasRow): each filter's top images with its activation overlaid, on
+  the filter's own fixed scale; every image is labelled with its class, green where it is the
+  filter's assigned class (`row_classes`), and a rule separates the classes' groups."""
+  n, k = len(rows), max(len(r.images) for r in rows)
+  fig, axes = plt.subplots(n, k, figsize=(max(7.5, 2.2 + 1.05 * k), 1.0 + 1.1 * n),
+                           squeeze=False)
+  heat = None
+  for r, (row, note, assigned) in enumerate(zip(rows, row_notes, row_classes)):
+    for j in range(k):
+      ax = axes[r, j]
+      if j >= len(row.images):
+        ax.axis("off")
+        continue
+      heat = _overlay(ax, row.images[j], row.maps[j], cmap=_ACTIVATION_CMAP, vmin=0.0, vmax=1.0)
+      label = int(row.labels[j])
+      ax.text(0.03, 0.97, class_names[label], transform=ax.transAxes, ha="left", va="top",
+              fontsize=7, color="white",
+              bbox={"facecolor": _SERVES if label == assigned else "tab:red", "pad": 1.0,
+                    "linewidth": 0})
+    axes[r, 0].set_ylabel(note, rotation=0, ha="right", va="center", fontsize=8, labelpad=6)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout(rect=(0, 0, 0.9, 1 - 0.5 / fig.get_figheight()))
+  for r in range(1, n):  # a rule between class groups
+    if row_classes[r] != row_classes[r - 1]:
+      y = (axes[r - 1, 0].get_position().y0 + axes[r, 0].get_position().y1) / 2
+      fig.add_artist(plt.Line2D([0.01, 0.9], [y, y], color="black", linewidth=0.8))
+  bar = fig.colorbar(heat, cax=fig.add_axes((0.915, 0.3, 0.015, 0.4)))
+  bar.set_label("activation / filter's largest on the split", fontsize=7)
+  bar.ax.tick_params(labelsize=7)
+  _save(fig, path, dpi=90)

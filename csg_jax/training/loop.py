@@ -23,6 +23,7 @@ from csg_jax import gate as gate_lib
 from csg_jax import losses
 from csg_jax import optimizer as optimizer_lib
 from csg_jax.errors import CSGError
+from csg_jax.evaluation import mis as mis_lib
 from csg_jax.evaluation import predict
 from csg_jax.log import log
 from csg_jax.training import checkpoint as checkpoint_lib
@@ -161,14 +162,47 @@ def finished_run(workdir: str, config) -> Optional[Dict[str, Any]]:
   return fileio.read_json(results_path) if fileio.exists(results_path) else None
 
 
-def _evaluate(setup: run_lib.RunSetup, eval_fn, state: TrainState, split: str) -> Dict[str, Any]:
-  result = predict.evaluate(eval_fn, state, setup.dataset, setup.config, setup.mesh, split)
-  return predict.summarize_eval(result, setup.dataset.num_classes, state.host_gate(),
-                                setup.config.seed)
-
-
 def _scalars(summary: Mapping[str, Any]) -> Dict[str, float]:
   return {k: v for k, v in summary.items() if isinstance(v, float)}
+
+
+def _evaluate(setup: run_lib.RunSetup, eval_fn, state: TrainState, split: str,
+              writer: MetricWriter, step: int) -> Dict[str, Any]:
+  """Evaluates `split` and writes its scalars, and its MI matrix as a TensorBoard image (on the
+  labels' MI ceiling, the scale of csg-evaluate's figure), at `step`."""
+  result = predict.evaluate(eval_fn, state, setup.dataset, setup.config, setup.mesh, split)
+  summary = predict.summarize_eval(result, setup.dataset.num_classes, state.host_gate(),
+                                   setup.config.seed)
+  writer.write(step, split, _scalars(summary))
+  if writer.enabled:  # rendering costs a fraction of a second: at evaluations only
+    from csg_jax.evaluation import plots  # pylint: disable=g-import-not-at-top  (matplotlib)
+    writer.write_image(step, f"{split}/mi_matrix", plots.matrix_image(
+        summary["mi_matrix"], setup.dataset.class_names, colorbar_label="nats",
+        vmax=mis_lib.mi_ceiling(result["label"], setup.dataset.num_classes),
+        title=f"MI(filter; class) on {split} at step {step}, MIS {summary['mis']:.3f}"))
+  return summary
+
+
+def _write_gate(setup: run_lib.RunSetup, state: TrainState, writer: MetricWriter,
+                step: int) -> None:
+  """The gate G as a TensorBoard image on the fixed scale [0, 1] (classes x filters, filters
+  sorted by class); each class's number of filters by G's argmax, `filters_per_class/<name>`,
+  counting open filters only, and `gate/closed_filters`, whose column is all zero (the argmax
+  of such a column is class 0 by convention, not a class the filter serves). Nothing for a run
+  without a gate."""
+  gate = state.host_gate()
+  if gate is None or not writer.enabled:
+    return
+  from csg_jax.evaluation import plots  # pylint: disable=g-import-not-at-top  (matplotlib)
+  names = setup.dataset.class_names
+  writer.write_image(step, "gate", plots.matrix_image(
+      gate, names, vmax=1.0, colorbar_label="gate value", cmap="magma",
+      title=f"gate G at step {step}, L1 density {float(gate_lib.l1_density(gate)):.3f}"))
+  is_open = gate.max(axis=0) > 0
+  counts = mis_lib.filters_per_class(mis_lib.assigned_class_from_gate(gate)[is_open], len(names))
+  writer.write_tensorboard_scalars(step, {
+      **{f"filters_per_class/{name}": count for name, count in zip(names, counts)},
+      "gate/closed_filters": int((~is_open).sum())})
 
 
 def train_and_evaluate(config, workdir: str, *,
@@ -299,18 +333,17 @@ def _train(setup: run_lib.RunSetup, workdir: str, checkpointer, state: TrainStat
                 "command again to resume.")
           if (config.eval_every_steps > 0 and done % config.eval_every_steps == 0
               and done < plan.total_steps):
-            summary = _evaluate(setup, eval_fn, state, during)
-            writer.write(done, during, _scalars(summary))
+            summary = _evaluate(setup, eval_fn, state, during, writer, done)
+            _write_gate(setup, state, writer, done)
             log(f"  {during} eval at step {done}: accuracy {summary['accuracy']:.4f} "
                 f"MIS {summary['mis']:.4f}")
     finally:
       checkpointer.close()
 
     if has_val:
-      val = _evaluate(setup, eval_fn, state, "val")
-      writer.write(plan.total_steps, "val", _scalars(val))
-    summary = _evaluate(setup, eval_fn, state, "test")
-    writer.write(plan.total_steps, "test", _scalars(summary))
+      val = _evaluate(setup, eval_fn, state, "val", writer, plan.total_steps)
+    summary = _evaluate(setup, eval_fn, state, "test", writer, plan.total_steps)
+    _write_gate(setup, state, writer, plan.total_steps)
   results = {"method": config.method, "dataset": setup.dataset.name, "model": config.model.name,
              "step": int(jax.device_get(state.step)), "accuracy": summary["accuracy"],
              "mis": summary["mis"], "gate_density": summary["gate_density"]}

@@ -1,4 +1,5 @@
-"""Training metrics to <workdir>/metrics.jsonl (one JSON object a line) and TensorBoard events.
+"""Training metrics to <workdir>/metrics.jsonl (one JSON object a line) and TensorBoard events
+(the same scalars, plus figures as images).
 
 Only process 0 writes. TensorBoard event files come from tensorboardX, so neither writing nor
 viewing them needs TensorFlow. For a workdir on an object store, which cannot append, both are
@@ -50,6 +51,18 @@ class MetricWriter:
     for name, value in values.items():
       if isinstance(value, float):
         self._tb.add_scalar(f"{split}/{name}", value, int(step))
+
+  def write_image(self, step: int, tag: str, image) -> None:
+    """A uint8 RGB [H, W, 3] image to TensorBoard (a rendered figure: not in metrics.jsonl)."""
+    if self.enabled:
+      self._tb.add_image(tag, image, int(step), dataformats="HWC")
+
+  def write_tensorboard_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    """Scalars under their full tags, TensorBoard only: per-class counts that would crowd
+    metrics.jsonl's one row per evaluation."""
+    if self.enabled:
+      for tag, value in scalars.items():
+        self._tb.add_scalar(tag, float(value), int(step))
 
   def flush(self) -> None:
     if self.enabled:
