@@ -14,6 +14,12 @@ others' load, so the same ratios are also given from this process's CPU time per
 from XLA's cost analysis of the two compiled steps, which no load disturbs. The last line printed
 is a JSON object keyed by model.
 
+Load: the rounds are repeated (--repeats, default 3). During each repeat the CPU time other
+processes used is measured (/proc/stat's busy time minus this process's); a repeat in which they
+used more than --max-others-load cores (default 0.25) is flagged and left out of the summary,
+which reports the median ratio over the quiet repeats and its range across them. The load
+average before and after each repeat is printed beside it.
+
   python benchmarks/train_throughput.py                        # resnet20 and resnet50, CPU
   python benchmarks/train_throughput.py --models resnet20 --rounds 20
   python benchmarks/train_throughput.py --skip-torch           # csg_jax only
@@ -134,6 +140,31 @@ def torch_variants(name: str, size: int, batch: int, classes: int, seed: int, th
   return steps, num_params
 
 
+def busy_cpu_seconds() -> float:
+  """CPU seconds the whole machine has spent busy (all processes), from /proc/stat."""
+  with open("/proc/stat") as f:
+    fields = [int(v) for v in f.readline().split()[1:]]
+  user, nice, system, _, _, irq, softirq, steal = fields[:8]
+  return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OthersLoad:
+  """CPU used by other processes while a block ran, in cores: the machine's busy CPU time minus
+  this process's, over the block's wall time. The load average cannot tell this: it counts this
+  benchmark's own threads."""
+
+  def __enter__(self):
+    self.load_before = os.getloadavg()[0]
+    self._t, self._busy, self._own = time.perf_counter(), busy_cpu_seconds(), time.process_time()
+    return self
+
+  def __exit__(self, *exc):
+    wall = time.perf_counter() - self._t
+    others = (busy_cpu_seconds() - self._busy) - (time.process_time() - self._own)
+    self.load_after = os.getloadavg()[0]
+    self.cores = max(others, 0.0) / max(wall, 1e-9)
+
+
 def device_name() -> str:
   import jax  # pylint: disable=g-import-not-at-top
   d = jax.devices()[0]
@@ -156,15 +187,26 @@ def bench_model(name: str, args) -> dict:
   names = list(steps)
   wall = {n: [] for n in names}
   cpu = {n: [] for n in names}  # this process's CPU time (all threads): what a step costs
-  for r in range(rounds):
-    order = names[r % len(names):] + names[:r % len(names)]  # rotate: no variant always first
-    for n in order:
-      t0, c0 = time.perf_counter(), time.process_time()
-      steps[n]()
-      wall[n].append(time.perf_counter() - t0)
-      cpu[n].append(time.process_time() - c0)
-    log(f"  round {r + 1}/{rounds}: " + ", ".join(
-        f"{n} {wall[n][-1] * 1e3:.0f} ms ({cpu[n][-1]:.2f} cpu-s)" for n in names))
+  blocks = []  # one per repeat: its rounds, the others' load and its own ratios
+  for repeat in range(args.repeats):
+    first = len(wall[names[0]])
+    with OthersLoad() as load:
+      for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate: no variant always first
+        for n in order:
+          t0, c0 = time.perf_counter(), time.process_time()
+          steps[n]()
+          wall[n].append(time.perf_counter() - t0)
+          cpu[n].append(time.process_time() - c0)
+        log(f"  repeat {repeat + 1}/{args.repeats} round {r + 1}/{rounds}: " + ", ".join(
+            f"{n} {wall[n][-1] * 1e3:.0f} ms ({cpu[n][-1]:.2f} cpu-s)" for n in names))
+    quiet = load.cores <= args.max_others_load
+    blocks.append({"first": first, "others_cores": round(load.cores, 3), "quiet": quiet,
+                   "loadavg_before": round(load.load_before, 2),
+                   "loadavg_after": round(load.load_after, 2)})
+    log(f"  repeat {repeat + 1}: other processes used {load.cores:.2f} cores (load average "
+        f"{load.load_before:.2f} before, {load.load_after:.2f} after)"
+        + ("" if quiet else f": LOADED (> {args.max_others_load}), left out of the summary"))
 
   def ratio(times, a, b):
     # Median of per-round ratios: the two steps of a round ran seconds apart, under about the
@@ -173,13 +215,31 @@ def bench_model(name: str, args) -> dict:
       return None
     return round(statistics.median(x / y for x, y in zip(times[a], times[b])), 4)
 
+  def block_times(times, block):
+    return {n: t[block["first"]:block["first"] + rounds] for n, t in times.items()}
+
+  # The summary uses the quiet repeats only (all of them with --allow-load, flagged).
+  kept = [b for b in blocks if b["quiet"]] or (blocks if args.allow_load else [])
+  if not kept:
+    log(f"  every repeat ran under load: no figures for {name} (rerun on a quiet machine, or "
+        "pass --allow-load to report them flagged)")
+    return {"blocks": blocks, "quiet_repeats": 0}
+  on_cpu = device_name().startswith("cpu")  # on a GPU, CPU time says little of a step's cost
+  for b in blocks:
+    b["jax_over_torch_speed"] = ratio(block_times(wall, b), "torch_csg", "jax_csg")
+    b["csg_over_std_time"] = ratio(block_times(wall, b), "jax_csg", "jax_std")
+  wall = {n: [x for b in kept for x in block_times(wall, b)[n]] for n in names}
+  cpu = {n: [x for b in kept for x in block_times(cpu, b)[n]] for n in names}
   median = {n: statistics.median(t) for n, t in wall.items()}
   out = {n: round(batch / median[n], 2) for n in names}
   out["csg_over_std_time"] = ratio(wall, "jax_csg", "jax_std")
   out["jax_over_torch_speed"] = ratio(wall, "torch_csg", "jax_csg")
-  on_cpu = device_name().startswith("cpu")  # on a GPU, CPU time says little of a step's cost
+  spread = [b["jax_over_torch_speed"] for b in kept if b["jax_over_torch_speed"] is not None]
+  out["jax_over_torch_speed_range"] = [min(spread), max(spread)] if spread else None
   out["csg_over_std_cpu_time"] = ratio(cpu, "jax_csg", "jax_std") if on_cpu else None
   out["jax_over_torch_cpu_speed"] = ratio(cpu, "torch_csg", "jax_csg") if on_cpu else None
+  out["quiet_repeats"] = sum(b["quiet"] for b in blocks)
+  out["blocks"] = blocks
   flops = {m: costs[m].get("flops") for m in costs}
   out["csg_over_std_flops"] = (round(flops["csg"] / flops["std"], 6)
                                if flops.get("std") and flops.get("csg") else None)
@@ -192,8 +252,11 @@ def bench_model(name: str, args) -> dict:
   log(f"  csg_jax CSG / STD step time: {out['csg_over_std_time']:.3f} (CPU time "
       f"{out['csg_over_std_cpu_time']}, XLA FLOPs {out['csg_over_std_flops']})")
   if out["jax_over_torch_speed"] is not None:
-    log(f"  csg_jax CSG / torch CSG speed: {out['jax_over_torch_speed']:.2f}x (CPU time "
-        f"{out['jax_over_torch_cpu_speed']})")
+    low, high = out["jax_over_torch_speed_range"]
+    log(f"  csg_jax CSG / torch CSG speed: {out['jax_over_torch_speed']:.2f}x (repeats "
+        f"{low:.2f}-{high:.2f}; CPU time {out['jax_over_torch_cpu_speed']}) over "
+        f"{len(kept)} of {len(blocks)} repeats"
+        + ("" if all(b["quiet"] for b in kept) else ", SOME UNDER LOAD"))
   return out
 
 
@@ -207,6 +270,13 @@ def main(argv=None) -> int:
                       help="torch CPU threads (default: the CPUs this process may use, as XLA)")
   parser.add_argument("--skip-torch", action="store_true", help="time csg_jax only")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="the whole set of rounds, repeated: the ratios' spread across them")
+  parser.add_argument("--max-others-load", type=float, default=0.25,
+                      help="a repeat during which other processes used more CPU cores than this "
+                           "is flagged and left out of the summary")
+  parser.add_argument("--allow-load", action="store_true",
+                      help="summarise loaded repeats too (flagged) when no repeat was quiet")
   args = parser.parse_args(argv)
   names = [n.strip() for n in args.models.split(",") if n.strip()]
   unknown = [n for n in names if n not in MODELS]
@@ -215,7 +285,7 @@ def main(argv=None) -> int:
 
   import jax  # pylint: disable=g-import-not-at-top  (after argparse: --help stays fast)
   log(f"jax {jax.__version__} backend={jax.default_backend()} devices={jax.devices()} "
-      f"cpus={len(os.sched_getaffinity(0))}")
+      f"cpus={len(os.sched_getaffinity(0))} load average {os.getloadavg()[0]:.2f}")
   results = {name: bench_model(name, args) for name in names}
   results_line = json.dumps(results)
   print(results_line, flush=True)

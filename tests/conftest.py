@@ -1,14 +1,28 @@
 """Test set-up: 8 fake CPU devices, so sharding is exercised on any machine."""
 
+import atexit
 import glob
 import os
+import shutil
 import struct
+import tempfile
 
 import jax
 import pytest
 
 # Must happen before JAX starts its backends. Tests that want one device pass devices[:1].
 jax.config.update("jax_num_cpu_devices", 8)
+
+# Many tests train the same small run: JAX's persistent compilation cache, in a folder of this
+# session (inherited by the launchers the tests start), compiles each program once.
+_COMPILE_CACHE = tempfile.mkdtemp(prefix="csg_jax-test-xla-cache-")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILE_CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+atexit.register(shutil.rmtree, _COMPILE_CACHE, ignore_errors=True)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")

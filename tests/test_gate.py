@@ -134,7 +134,7 @@ def test_model_width_and_dtype_reach_the_trunk():
                                    "pytorch_padding": True})
   model = models.build_model(cfg, 3, use_gate=True, gate_init=0.25)
   x = jnp.ones((2, 8, 8, 1))
-  variables = model.init(jax.random.PRNGKey(0), x)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)  # compiled: bfloat16 op by op is slow
   out = jax.jit(lambda v: model.apply(v, x))(variables)
   chex.assert_shape(out["features"], (2, 16))  # K = 4 * width for the CIFAR family
   assert out["feature_map"].dtype == jnp.bfloat16  # the trunk computes in bfloat16

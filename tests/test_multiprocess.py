@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -58,23 +57,9 @@ def test_two_processes_match_one_process(tmp_path):
   assert res_one["accuracy"] == res_two["accuracy"]
   np.testing.assert_allclose(res_one["mis"], res_two["mis"], rtol=1e-5)
 
-  # Each layout's checkpoint restores in the other: the two-process one on 4 local devices...
+  # The two-process checkpoint restores in the other layout, on 4 local devices of one process.
   run_two = training.load_run(str(two), devices=jax.devices()[:4])
   run_one = training.load_run(str(one), devices=jax.devices()[:4])
   assert run_two.step == run_one.step == 12
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                          jax.device_get(run_one.state.params), jax.device_get(run_two.state.params))
-  # ...and the one-process checkpoint resumes in two processes (made unfinished: its last
-  # checkpoint and results removed, as if it had died after step 8's checkpoint).
-  (one / "results.json").unlink()
-  shutil.rmtree(one / "checkpoints" / "12")
-  (one / "checkpoint_manifests" / "12.json").unlink()
-  port = _free_port()
-  procs = [_launch(one, 2, f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                   f"--process_id={i}") for i in range(2)]
-  outputs = [p.communicate(timeout=400)[0] for p in procs]
-  assert all(p.returncode == 0 for p in procs), outputs[0][-3000:]
-  assert "Resuming from the checkpoint at step 8" in outputs[0]
-  resumed = json.loads((one / "results.json").read_text())
-  assert resumed["step"] == 12
-  np.testing.assert_allclose(resumed["mis"], res_one["mis"], rtol=1e-4)

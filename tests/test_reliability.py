@@ -137,7 +137,7 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
   finally:
     sleeper.kill()
     sleeper.wait()
-  with workdir_lock.WorkdirLock(str(tmp_path)) as lock:  # the owner is dead: taken over
+  with workdir_lock.WorkdirLock(str(tmp_path)):  # the owner is dead: taken over
     assert json.loads(lock_path.read_text())["pid"] == os.getpid()
   assert not lock_path.exists()
 
