@@ -1,4 +1,9 @@
-"""The paper's Table 1 setting: ResNet-20 (K = 64) on CIFAR-10, CSG with the joint loss.
+"""csg_jax's recipe for the data and model of the paper's Table 1: ResNet-20 (K = 64) on CIFAR-10,
+CSG with the joint loss. The paper does not publish its lambda1, lambda2 and d, and the released
+code's CIFAR-style argparse defaults (VOCPart/train/train.py, lines 33-57) describe another
+procedure: the values below are this library's choices, not the paper's or the authors'. With
+max_normalize every filter keeps one open class, so the density cannot go below
+1/C = 0.1 (the paper reports 0.0788; see docs/csg-method.md, "The projection").
 
 CIFAR-10 comes from TFDS by default. To train on a local copy in class folders or a tarball:
   --config.data.source=folder --config.data.path=/path/to/cifar10-jpeg.tar.gz
