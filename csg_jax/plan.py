@@ -69,16 +69,19 @@ class Plan:
 
   def epoch_starts(self, optimizer: str) -> Tuple[int, ...]:
     """For each epoch in which `optimizer` steps, the count of its own steps before that epoch:
-    where a schedule counted in its own epochs (the released MultiStepLR) moves."""
+    where a schedule counted in its own epochs (the released MultiStepLR) moves.
+
+    Counted epoch by epoch, not step by step: epoch e holds the steps s with
+    e*N <= s*B < (e+1)*N, i.e. [ceil(e*N/B), ceil((e+1)*N/B)), cut at the end of training.
+    """
     phases = [p for p, o in self.optimizer_of_phase.items() if o == optimizer]
-    starts, own, last_epoch = [], 0, None
-    for step in range(self.total_steps):
-      if self.phase(step) in phases:
-        epoch = self.epoch(step)
-        if epoch != last_epoch:
-          starts.append(own)
-          last_epoch = epoch
-        own += 1
+    first_step = lambda epoch: -(-epoch * self.num_examples // self.batch_size)  # ceil
+    starts, own = [], 0
+    for epoch in range(self.epoch(self.total_steps - 1) + 1):
+      begin, end = first_step(epoch), min(first_step(epoch + 1), self.total_steps)
+      if end > begin and self.phase(begin) in phases:
+        starts.append(own)
+        own += end - begin
     return tuple(starts)
 
   def phase(self, step: int) -> str:

@@ -110,7 +110,7 @@ class Checkpointer:
     have = set(fileio.listdir(self.manifests))
     for step in sorted(steps):
       if f"{step}.json" not in have:
-        step_dir = os.path.join(local, str(step)) if self._stage else fileio.join(local, str(step))
+        step_dir = fileio.join(local, str(step))
         if self._stage:
           fileio.upload_tree(step_dir, fileio.join(self.directory, str(step)))
           self._uploaded.add(step)

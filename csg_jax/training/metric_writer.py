@@ -73,8 +73,7 @@ class MetricWriter:
 
   def close(self) -> None:
     if self.enabled:
-      self.flush()
-      self._jsonl.close()
+      self._jsonl.close()  # closing flushes both writers
       self._tb.close()
       if self._stage:
         fileio.upload_tree(self._stage, self._workdir)
