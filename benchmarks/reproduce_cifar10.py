@@ -1,13 +1,15 @@
 r"""ResNet-20 STD and CSG on CIFAR-10, as the paper's Table 1 row beside the paper's numbers.
 
-Trains both runs with launch/train.py (configs/cifar10_resnet20.py plus the overrides below), one
-workdir each under --workdir; a run whose results.json exists is reused, and an interrupted run
+Trains both runs with launch/train.py (--config: configs/cifar10_resnet20.py, csg_jax's recipe, by
+default; cifar10_resnet20_clip or cifar10_resnet20_released; plus the schedule's overrides below),
+one workdir each under --workdir; a run whose results.json exists is reused, and an interrupted run
 resumes from its checkpoints, so a rerun is cheap. Accuracy and MIS are measured on the test
 split through the STD path, as in the paper. The last line printed is a JSON object.
 
   python benchmarks/reproduce_cifar10.py                           # reduced: 2 CPU cores, < 1 h
   python benchmarks/reproduce_cifar10.py --schedule full --jobs 2  # one GPU, both runs at once
   python benchmarks/reproduce_cifar10.py --source tfds             # CIFAR-10 through TFDS
+  python benchmarks/reproduce_cifar10.py --config cifar10_resnet20_released --seed 1
 
 Data: the JPEG copy of CIFAR-10 at ../shared/data/cifar10-jpeg.tar.gz (relative to the repository
 root; --data to point elsewhere), or TFDS with --source tfds.
@@ -15,6 +17,7 @@ root; --data to point elsewhere), or TFDS with --source tfds.
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -31,11 +34,11 @@ from csg_jax.log import log  # pylint: disable=g-import-not-at-top,wrong-import-
 # Paper Table 1 (CIFAR-10, ResNet-20): accuracy, MIS, L1 density.
 PAPER = {"csg": (0.9192, 0.1603, 0.0788), "std": (0.9169, 0.1119, None)}
 
-# Overrides of configs/cifar10_resnet20.py per schedule. Both keep its optimiser (SGD 0.9,
-# lr 0.1, cosine, weight decay 5e-4) and batch 128; they differ in length only.
+# Overrides per schedule; both keep the config's optimiser, batch and CSG settings and differ in
+# length only.
 SCHEDULES = {
-    # 3 epochs: 1 172 steps per run, 0.6 s each on 2 idle CPU cores (~30 min for both runs),
-    # so that both finish within an hour while other work slows the cores down.
+    # 3 epochs: 1 172 steps of batch 128, 0.6 s each on 2 idle CPU cores (~30 min for both
+    # runs), so that both finish within an hour while other work slows the cores down.
     "reduced": {"num_epochs": 3.0, "log_every_steps": 50, "checkpoint_every_steps": 400,
                 "eval_every_steps": 0},
     # 60 epochs: sized so that both runs (at once, --jobs 2) fit in one GPU call of 10 minutes
@@ -44,19 +47,23 @@ SCHEDULES = {
              "eval_every_steps": 0},
 }
 
-# CSG settings (joint loss). Fast, strongly pushed gates reach the L1 budget within the first
-# few dozen steps, which short schedules need for class-specific filters to form. The released
-# projection keeps every filter fully open for its best class, so every filter becomes
-# class-specific; with "clip" and budget 0.05 most filters closed for every class instead and
-# stayed as entangled as STD's (benchmarks/RESULTS.md). Its density is >= 1/C = 0.1 by design.
-CSG_OVERRIDES = {
-    "csg.schedule": "joint",
-    "csg.gated_loss_weight": 1.0,  # lambda1
-    "csg.gate.sparsity_weight": 0.1,  # lambda2
-    "csg.gate.target_density": 0.1,  # budget 0.1 * C * K: one class per filter
-    "csg.gate.projection": "max_normalize",  # released: column max -> 1, then clip to [0, 1]
-    "csg.gate.learning_rate": 1.0,
+# The configs this benchmark runs (configs/<name>.py) and what each one's reduced schedule changes
+# beyond its length.
+CONFIGS = {
+    "cifar10_resnet20": {},  # csg_jax's recipe: joint loss, max_normalize, d = 0.1
+    "cifar10_resnet20_clip": {},  # the same with G clipped to [0, 1] and d = 0.079
+    # The released defaults: 10 warm-up STD epochs of 200 become 1 of 3, so that epochs 1 and 2
+    # are CSG epochs (e % 3 >= 1) and the 3-epoch run alternates at all.
+    "cifar10_resnet20_released": {"reduced": {"csg.alternate.warmup_epochs": 1}},
 }
+
+
+def load_config(name: str):
+  """configs/<name>.py's get_config(), loaded by path as launch/train.py does."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def run_overrides(method: str, args) -> dict:
@@ -65,7 +72,7 @@ def run_overrides(method: str, args) -> dict:
     overrides["num_epochs"] = float(args.epochs)
   overrides.update(method=method, seed=args.seed)
   if method == "csg":
-    overrides.update(CSG_OVERRIDES)
+    overrides.update(CONFIGS[args.config].get(args.schedule, {}))
   if args.source == "folder":
     overrides.update({"data.source": "folder", "data.path": args.data})
   for item in args.set:
@@ -79,14 +86,15 @@ def workdir_of(method: str, overrides: dict, args) -> str:
   # The name carries a digest of the overrides, so a changed setting never reuses a stale run.
   # Values enter as the command line spells them: --set lr=0.3 and a schedule's 0.3 are one run.
   spelled = {k: str(v) for k, v in overrides.items()}
+  spelled["config"] = args.config
   digest = hashlib.sha1(json.dumps(spelled, sort_keys=True).encode()).hexdigest()[:8]
   epochs = f"{float(overrides['num_epochs']):g}"
   return os.path.join(args.workdir, f"{method}_e{epochs}_s{args.seed}_{digest}")
 
 
-def command(overrides: dict, workdir: str) -> list:
+def command(config_name: str, overrides: dict, workdir: str) -> list:
   cmd = [sys.executable, os.path.join(REPO, "launch", "train.py"),
-         "--config", os.path.join(REPO, "configs", "cifar10_resnet20.py"), "--workdir", workdir]
+         "--config", os.path.join(REPO, "configs", f"{config_name}.py"), "--workdir", workdir]
   return cmd + [f"--config.{k}={v}" for k, v in overrides.items()]
 
 
@@ -193,6 +201,9 @@ def main(argv=None) -> int:
                       "repository root")
   parser.add_argument("--workdir", default="workdirs/reproduce_cifar10",
                       help="root of the runs' workdirs (relative: from the repository root)")
+  parser.add_argument("--config", choices=sorted(CONFIGS), default="cifar10_resnet20",
+                      help="configs/<name>.py: the recipe, its clip variant or the released "
+                      "defaults")
   parser.add_argument("--methods", default="std,csg", help="which runs: std, csg or both")
   parser.add_argument("--jobs", type=int, default=1,
                       help="runs trained at once (2 on a GPU: small steps leave it idle)")
@@ -205,7 +216,6 @@ def main(argv=None) -> int:
                       "checkpoints instead (0: no limit); reported as partial")
   args = parser.parse_args(argv)
   start = time.time()
-  from configs import cifar10_resnet20  # pylint: disable=g-import-not-at-top
   from csg_jax.plan import Plan  # pylint: disable=g-import-not-at-top
   args.workdir = os.path.join(REPO, args.workdir)
   methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -232,7 +242,7 @@ def main(argv=None) -> int:
   for method in methods:
     overrides = run_overrides(method, args)
     workdir = workdirs[method] = workdir_of(method, overrides, args)
-    config = cifar10_resnet20.get_config()
+    config = load_config(args.config)
     config.update(method=method, num_epochs=float(overrides["num_epochs"]),
                   batch_size=int(overrides.get("batch_size", config.batch_size)))
     total_steps[method] = Plan.from_config(config, 50_000).total_steps
@@ -242,7 +252,7 @@ def main(argv=None) -> int:
         results[method] = json.load(f)
       log(f"[{method}] reusing {done}")
     else:
-      todo.append((method, command(overrides, workdir), workdir))
+      todo.append((method, command(args.config, overrides, workdir), workdir))
 
   deadline = start + args.deadline_s if args.deadline_s else None
   codes = train_runs(todo, args, deadline)
@@ -268,7 +278,8 @@ def main(argv=None) -> int:
   data_name = ("cifar10 (TFDS)" if args.source == "tfds"
                else os.path.basename(args.data))
   log("")
-  log(f"CIFAR-10, ResNet-20 (K = 64): {args.schedule} schedule, {epochs:g} epochs of batch 128, "
+  log(f"CIFAR-10, ResNet-20 (K = 64), configs/{args.config}.py: {args.schedule} schedule, "
+      f"{epochs:g} epochs of batch {config.batch_size}, "
       f"seed {args.seed}, data {data_name}; test split, STD path; wall time {wall / 60:.1f} min")
   log(table(results, total_steps))
   if partial:
@@ -276,7 +287,7 @@ def main(argv=None) -> int:
         "the row shows its newest checkpoint")
   for name, ok, detail in checks(results, args.schedule):
     log(f"{'PASS' if ok else 'MISS'}: {name}: {detail}")
-  print(json.dumps({"schedule": args.schedule, "epochs": epochs, "seed": args.seed,
+  print(json.dumps({"config": args.config, "schedule": args.schedule, "epochs": epochs, "seed": args.seed,
                     "data": data_name, "wall_s": round(wall, 1), "partial": partial,
                     "results": results, "workdirs": workdirs}), flush=True)
   return 0 if all(m in results for m in methods) else 1

@@ -209,6 +209,34 @@ def test_tensorboard_shows_the_gate_and_filters_per_class(straight_run, csg, rea
       f"filters_per_class/{c}": [(23, float(counts[c]))] for c in range(10)}
   assert scalars["gate/closed_filters"] == [(23, float(16 - is_open.sum()))]
   assert [step for step, _ in scalars["test/accuracy"]] == [23]
+  # The end of training: the max-MI histogram and an atlas of 10 of the K = 16 filters (one page).
+  assert [step for step, _ in images["test/max_mi_histogram"]] == [23]
+  assert [step for step, _ in images["atlas/page_1"]] == [23]
+  assert not any(t.startswith("atlas/") and t != "atlas/page_1" for t in images)
+  with Image.open(io.BytesIO(images["atlas/page_1"][0][1])) as atlas_image:
+    # 10 rows of 8 images at 1.1 inch a row and 90 dpi
+    assert atlas_image.height > 10 * 1.1 * 90 and atlas_image.width > 500
+
+
+def test_atlas_selection_takes_every_class_in_turn():
+  """Gate columns by hand: filters 0, 2, 5 serve class 0 (0.9, 0.7, 0.6), 6 and 1 class 1
+  (0.95, 0.5), 4 class 2 (0.8); filter 3 is closed. Atlas order: 0 2 5 | 6 1 | 4 | 3."""
+  gate = np.zeros((3, 7), np.float32)
+  for k, c, v in [(0, 0, 0.9), (1, 1, 0.5), (2, 0, 0.7), (4, 2, 0.8), (5, 0, 0.6), (6, 1, 0.95)]:
+    gate[c, k] = v
+  gate[2, 1] = 0.2  # a weaker second class changes nothing
+  classes = explain.FilterClasses(gate, None)
+  np.testing.assert_array_equal(explain.atlas_order(classes), [0, 2, 5, 6, 1, 4, 3])
+  expected = {
+      0: [],
+      3: [0, 6, 4],  # each class's strongest
+      4: [0, 2, 6, 4],  # then the second strongest, first in atlas order: class 0's
+      6: [0, 2, 5, 6, 1, 4],  # every open filter; the closed one last
+      7: [0, 2, 5, 6, 1, 4, 3],
+      99: [0, 2, 5, 6, 1, 4, 3],
+  }
+  for limit, filters in expected.items():
+    np.testing.assert_array_equal(explain.atlas_selection(classes, limit), filters, str(limit))
 
 
 def _explain(*args):

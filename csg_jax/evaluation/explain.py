@@ -314,6 +314,22 @@ def atlas_order(classes: FilterClasses) -> np.ndarray:
                                                  assigned)))
 
 
+def atlas_selection(classes: FilterClasses, limit: int) -> np.ndarray:
+  """At most `limit` filters of the atlas, every class in turn: each class's strongest filter,
+  then each one's second strongest, and so on, open filters before closed ones; returned in
+  atlas order (all of them when `limit` covers the atlas)."""
+  order = atlas_order(classes)
+  if limit >= len(order):
+    return order
+  assigned = classes.assigned[order]
+  rank = np.zeros(len(order), np.int64)  # place within its class's group (0: strongest)
+  for c in np.unique(assigned):
+    members = np.flatnonzero(assigned == c)
+    rank[members] = np.arange(len(members))
+  turn = np.lexsort((np.arange(len(order)), rank, assigned == CLOSED))
+  return order[np.sort(turn[:limit])]
+
+
 def atlas_rows(run, scan: SplitScan, filters: Sequence[int], *,
                forward_fn: Optional[Callable] = None) -> List[AtlasRow]:
   """The maps of `filters` on their top images (re-read and re-run: the scan kept no maps)."""

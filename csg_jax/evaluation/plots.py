@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from csg_jax import fileio  # pylint: disable=wrong-import-position
@@ -59,19 +60,33 @@ def matrix_figure(path: str, matrix: np.ndarray, class_names: Sequence[str], *, 
   _save(_matrix_fig(matrix, class_names, title, vmax, colorbar_label, order, cmap), path, dpi=100)
 
 
-def matrix_image(matrix: np.ndarray, class_names: Sequence[str], *, title: str, vmax: float,
-                 colorbar_label: str, cmap: str = "viridis") -> np.ndarray:
-  """matrix_figure's drawing as uint8 RGB [H, W, 3], for TensorBoard."""
-  fig = _matrix_fig(matrix, class_names, title, vmax, colorbar_label, None, cmap)
-  fig.set_dpi(100)
+def _pixels(fig, *, dpi: int) -> np.ndarray:
+  """The figure drawn as uint8 RGB [H, W, 3] (for TensorBoard), then freed."""
+  fig.set_dpi(dpi)
   fig.canvas.draw()
   pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
   plt.close(fig)
   return pixels
 
 
+def matrix_image(matrix: np.ndarray, class_names: Sequence[str], *, title: str, vmax: float,
+                 colorbar_label: str, cmap: str = "viridis") -> np.ndarray:
+  """matrix_figure's drawing as uint8 RGB [H, W, 3], for TensorBoard."""
+  return _pixels(_matrix_fig(matrix, class_names, title, vmax, colorbar_label, None, cmap),
+                 dpi=100)
+
+
 def max_mi_histogram(path: str, max_mi: dict, *, mi_ceiling: float, title: str) -> None:
   """Histogram of each filter's largest MI over classes; one series per run, shared bins."""
+  _save(_max_mi_histogram_fig(max_mi, mi_ceiling, title), path, dpi=100)
+
+
+def max_mi_histogram_image(max_mi: dict, *, mi_ceiling: float, title: str) -> np.ndarray:
+  """max_mi_histogram's drawing as uint8 RGB [H, W, 3], for TensorBoard."""
+  return _pixels(_max_mi_histogram_fig(max_mi, mi_ceiling, title), dpi=100)
+
+
+def _max_mi_histogram_fig(max_mi, mi_ceiling, title):
   bins = np.linspace(0.0, mi_ceiling, 31)
   fig, ax = plt.subplots(figsize=(6, 3.5))
   for name, values in max_mi.items():
@@ -79,11 +94,12 @@ def max_mi_histogram(path: str, max_mi: dict, *, mi_ceiling: float, title: str) 
             label=f"{name} (MIS {np.mean(values):.3f})")
   ax.set_xlim(0, mi_ceiling)
   ax.set_xlabel("largest MI of a filter over classes (nats)")
+  ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # counts
   ax.set_ylabel("filters")
   ax.set_title(title)
   ax.legend()
   fig.tight_layout()
-  _save(fig, path, dpi=100)
+  return fig
 
 
 def comparison_figure(path: str, runs: dict, class_names: Sequence[str], *,
@@ -305,6 +321,16 @@ def atlas_page(path: str, rows, row_notes: Sequence[str], row_classes: Sequence[
   """Atlas rows (explain.AtlasRow): each filter's top images with its activation overlaid, on
   the filter's own fixed scale; every image is labelled with its class, green where it is the
   filter's assigned class (`row_classes`), and a rule separates the classes' groups."""
+  _save(_atlas_fig(rows, row_notes, row_classes, class_names, title), path, dpi=90)
+
+
+def atlas_image(rows, row_notes: Sequence[str], row_classes: Sequence[int],
+                class_names: Sequence[str], *, title: str) -> np.ndarray:
+  """atlas_page's drawing as uint8 RGB [H, W, 3], for TensorBoard."""
+  return _pixels(_atlas_fig(rows, row_notes, row_classes, class_names, title), dpi=90)
+
+
+def _atlas_fig(rows, row_notes, row_classes, class_names, title):
   n, k = len(rows), max(len(r.images) for r in rows)
   fig, axes = plt.subplots(n, k, figsize=(max(7.5, 2.2 + 1.05 * k), 1.0 + 1.1 * n),
                            squeeze=False)
@@ -331,4 +357,4 @@ def atlas_page(path: str, rows, row_notes: Sequence[str], row_classes: Sequence[
   bar = fig.colorbar(heat, cax=fig.add_axes((0.915, 0.3, 0.015, 0.4)))
   bar.set_label("activation / filter's largest on the split", fontsize=7)
   bar.ax.tick_params(labelsize=7)
-  _save(fig, path, dpi=90)
+  return fig

@@ -335,32 +335,64 @@ def _write_explanations(run, workdir, out, classes, scan, indices, files, title,
   return summary
 
 
-def _write_atlas(run, workdir, out, classes, scan, title, filters_per_page) -> Dict[str, Any]:
+def _atlas_pages(run, classes, scan, title, filters, filters_per_page):
+  """(rows, notes, assigned classes, title) of each page of the atlas of `filters` (in atlas
+  order): a note per filter with its class, value and purity."""
   class_names = list(run.dataset.class_names)
   by = {"gate": "gate", "mi": "MI"}[classes.assigned_by]
   value = "{:.2f}" if by == "gate" else "{:.3f} nats"
   assigned, strength = classes.assigned, classes.strength
   hits = (scan.top_labels == assigned[:, None]).sum(axis=1)
   top_k = scan.top_labels.shape[1]
-  order = explain.atlas_order(classes)
-  pages = []
-  for start in range(0, len(order), filters_per_page):
-    filters = order[start:start + filters_per_page]
-    name = f"atlas_{len(pages) + 1}.png"
+  shown = "" if len(filters) == len(assigned) else f" shown (of {len(assigned)})"
+  for start in range(0, len(filters), filters_per_page):
+    page = filters[start:start + filters_per_page]
     notes = [f"filter {k}\n" + ("gate: closed" if assigned[k] == explain.CLOSED else
                                 f"{by}: {class_names[assigned[k]]} ({value.format(strength[k])})"
-                                f"\npurity {hits[k]}/{top_k}") for k in filters]
-    plots.atlas_page(fileio.join(out, name), explain.atlas_rows(run, scan, filters), notes,
-                     assigned[filters], class_names,
-                     title=f"{title}: filters {start + 1}-{start + len(filters)} of "
-                           f"{len(order)} by {by} class,\neach with its top {top_k} test "
-                           "images (label green: the filter's class)")
+                                f"\npurity {hits[k]}/{top_k}") for k in page]
+    yield (explain.atlas_rows(run, scan, page), notes, assigned[page],
+           f"{title}: filters {start + 1}-{start + len(page)} of {len(filters)}{shown} by "
+           f"{by} class,\neach with its top {top_k} {scan.split} images (label green: the "
+           "filter's class)")
+
+
+def _write_atlas(run, workdir, out, classes, scan, title, filters_per_page) -> Dict[str, Any]:
+  class_names = list(run.dataset.class_names)
+  pages = []
+  for rows, notes, assigned, page_title in _atlas_pages(
+      run, classes, scan, title, explain.atlas_order(classes), filters_per_page):
+    name = f"atlas_{len(pages) + 1}.png"
+    plots.atlas_page(fileio.join(out, name), rows, notes, assigned, class_names,
+                     title=page_title)
     pages.append(name)
   record = explain.atlas_record(scan, classes, class_names)
   fileio.write_json_atomic(fileio.join(out, "atlas.json"), {
       "workdir": fileio.absolute(workdir), "method": run.config.method, "step": run.step,
       "pages": pages, **record})
   return {"pages": len(pages), "mean_purity": record["mean_purity"]}
+
+
+def final_figures_to_tensorboard(run: run_lib.TrainedRun, writer, mi_matrix: np.ndarray, *,
+                                 atlas_filters: int, filters_per_page: int = 16) -> None:
+  """At the end of training, csg-evaluate's histogram and csg-explain's atlas as TensorBoard
+  images at the run's step: `test/max_mi_histogram`, and `atlas/page_<n>` for `atlas_filters`
+  filters (every class's strongest first; 0: no atlas, which saves one pass over the test
+  split)."""
+  names = list(run.dataset.class_names)
+  ceiling = mis_lib.mi_ceiling(np.asarray(run.dataset.splits["test"].labels), len(names))
+  title = f"{run.config.method.upper()} {run.config.model.name} on {run.dataset.name}"
+  writer.write_image(run.step, "test/max_mi_histogram", plots.max_mi_histogram_image(
+      {run.config.method.upper(): mi_matrix.max(0)}, mi_ceiling=ceiling,
+      title=f"{title}, step {run.step}"))
+  if atlas_filters <= 0:
+    return
+  classes = explain.FilterClasses(run.state.host_gate(), mi_matrix)
+  scan = explain.scan_split(run, "test")
+  filters = explain.atlas_selection(classes, atlas_filters)
+  for page, (rows, notes, assigned, page_title) in enumerate(_atlas_pages(
+      run, classes, scan, f"{title}, step {run.step}", filters, filters_per_page), 1):
+    writer.write_image(run.step, f"atlas/page_{page}",
+                       plots.atlas_image(rows, notes, assigned, names, title=page_title))
 
 
 def explain_workdir(workdir: str, *, indices: Sequence[int] = (), files: Sequence[str] = (),

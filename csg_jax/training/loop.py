@@ -344,6 +344,11 @@ def _train(setup: run_lib.RunSetup, workdir: str, checkpointer, state: TrainStat
       val = _evaluate(setup, eval_fn, state, "val", writer, plan.total_steps)
     summary = _evaluate(setup, eval_fn, state, "test", writer, plan.total_steps)
     _write_gate(setup, state, writer, plan.total_steps)
+    if writer.enabled:
+      from csg_jax.evaluation import report  # pylint: disable=g-import-not-at-top  (cycle)
+      report.final_figures_to_tensorboard(
+          run_lib.TrainedRun(setup, state, plan.total_steps), writer, summary["mi_matrix"],
+          atlas_filters=config.tensorboard_atlas_filters)
   results = {"method": config.method, "dataset": setup.dataset.name, "model": config.model.name,
              "step": int(jax.device_get(state.step)), "accuracy": summary["accuracy"],
              "mis": summary["mis"], "gate_density": summary["gate_density"]}
