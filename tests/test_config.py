@@ -197,3 +197,49 @@ def test_unread_fields_name_the_setting_that_ignores_them():
       "data.test_fraction", "csg.gate.target_density", "csg.alternate.period",
       "csg.gated_loss_weight", "optimizer.warmup_steps", "optimizer.nesterov",
       "csg.gate.momentum"]
+
+
+def _config_file(name):
+  """configs/<name>.py's get_config(), loaded by path as launch/train.py loads it."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_every_config_file_validates():
+  import os  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  names = sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py"))
+  assert {"cifar10_resnet20", "cifar10_resnet20_clip", "cifar10_resnet20_released"} <= set(names)
+  for name in names:
+    config_lib.validate(_config_file(name))
+  clip = _config_file("cifar10_resnet20_clip")
+  assert clip.csg.gate.projection == "clip" and clip.csg.gate.target_density < 1 / 10
+
+
+def test_released_cifar_config_alternates_and_decays_as_train_py_would():
+  """train.py's defaults over 200 epochs: epochs 0-9 STD, then e % 3 >= 1 is CSG: 10 + 63
+  STD epochs (12, 15, ..., 198) and 127 CSG epochs. Each MultiStepLR([80, 120, 160]) steps once
+  per epoch of its own phase: STD (lr 0.1) never decays; CSG (lr_reg 1.0) after its 80th and
+  120th epoch. 640 training images of batch 64: 10 steps an epoch."""
+  from csg_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+  from csg_jax.plan import Plan  # pylint: disable=g-import-not-at-top
+  config = _config_file("cifar10_resnet20_released")
+  plan = Plan.from_config(config, 640)
+  csg_epochs = [e for e in range(200) if e >= 10 and e % 3 >= 1]
+  assert len(csg_epochs) == 127
+  assert [plan.phase(10 * e) for e in range(200)] == [
+      "csg" if e in csg_epochs else "std" for e in range(200)]
+  rates = optimizer_lib.schedules(config, plan)
+  std_steps, csg_steps = 73 * 10, 127 * 10
+  np.testing.assert_allclose([rates["std"]["trunk"](s) for s in (0, std_steps - 1)], [0.1, 0.1],
+                             rtol=1e-6)
+  for schedule in (rates["csg"]["trunk"], rates["csg"]["gate"]):
+    np.testing.assert_allclose(
+        [schedule(s) for s in (0, 799, 800, 1199, 1200, csg_steps - 1)],
+        [1.0, 1.0, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)
