@@ -50,8 +50,10 @@ MODELS = {
 }
 
 
-def jax_variants(name: str, size: int, batch: int, classes: int, seed: int):
-  """{"jax_std": step(), "jax_csg": step()}, the parameter count, XLA's cost analyses.
+def jax_variants(name: str, size: int, batch: int, classes: int, seed: int,
+                 dtype: str = "float32"):
+  """{"jax_std": step(), "jax_csg": step()}, the parameter count, XLA's cost analyses; the trunk
+  computes in `dtype` (model.dtype).
 
   The steps are those `training.loop.make_train_steps` returns, compiled ahead for these shapes.
   """
@@ -72,6 +74,7 @@ def jax_variants(name: str, size: int, batch: int, classes: int, seed: int):
     config = cifar10_resnet20.get_config()  # SGD + momentum, weight decay, joint CSG loss
     config.method = method
     config.model.name = name
+    config.model.dtype = dtype
     model = models.build_model(config.model, classes, use_gate=method == "csg",
                                gate_init=config.csg.gate.init)
     plan = Plan.from_config(config, 50_000)
