@@ -53,7 +53,8 @@ def test_report_and_comparison(straight_run, tmp_path):
     tags = {json.loads(line)["split"] for line in f}
   assert tags == {"train", "test"}  # the same tags as a CSG run's: the curves overlay
   scalars, images = tensorboard_events(os.path.join(std_dir, "tensorboard"))
-  assert set(images) == {"test/mi_matrix"}  # no gate image, no filters per class
+  # No gate image, no filters per class; no atlas (small_config draws none).
+  assert set(images) == {"test/mi_matrix", "test/max_mi_histogram"}
   assert not any(t.startswith(("filters_per_class/", "gate/")) for t in scalars)
   std = report_lib.evaluate_workdir(std_dir)
   assert std.report["gate_density"] is None and "gate" not in std.report["figures"]
