@@ -46,6 +46,8 @@ def test_two_processes_match_one_process(tmp_path):
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
   assert "2 process(es)" in outputs[1] and "Training" not in outputs[2]  # process 0 speaks
+  # The end-of-training atlas (default config: 64 filters) is one process's pass: left out here.
+  assert "TensorBoard atlas left out" in outputs[1] and "atlas" not in outputs[0]
 
   rows_one, rows_two = _train_rows(one), _train_rows(two)
   assert [r["step"] for r in rows_one] == [r["step"] for r in rows_two] == list(range(2, 13, 2))

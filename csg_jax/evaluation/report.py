@@ -377,7 +377,7 @@ def final_figures_to_tensorboard(run: run_lib.TrainedRun, writer, mi_matrix: np.
   """At the end of training, csg-evaluate's histogram and csg-explain's atlas as TensorBoard
   images at the run's step: `test/max_mi_histogram`, and `atlas/page_<n>` for `atlas_filters`
   filters (every class's strongest first; 0: no atlas, which saves one pass over the test
-  split)."""
+  split). Called by process 0 only: a run of several processes gets no atlas here."""
   names = list(run.dataset.class_names)
   ceiling = mis_lib.mi_ceiling(np.asarray(run.dataset.splits["test"].labels), len(names))
   title = f"{run.config.method.upper()} {run.config.model.name} on {run.dataset.name}"
@@ -385,6 +385,10 @@ def final_figures_to_tensorboard(run: run_lib.TrainedRun, writer, mi_matrix: np.
       {run.config.method.upper(): mi_matrix.max(0)}, mi_ceiling=ceiling,
       title=f"{title}, step {run.step}"))
   if atlas_filters <= 0:
+    return
+  if jax.process_count() > 1:  # only process 0 writes, and the atlas's passes are one process's
+    log("TensorBoard atlas left out: a run of several processes draws it afterwards with "
+        "`csg-explain --atlas`")
     return
   classes = explain.FilterClasses(run.state.host_gate(), mi_matrix)
   scan = explain.scan_split(run, "test")
