@@ -23,6 +23,10 @@ Where it departs, because the released defaults cannot run on CIFAR-10 as a whol
   - --frozen True freezes all but the top 5 (STD) / 4 (CSG) children of an ImageNet-pretrained
     model; no pretrained ResNet-20 exists, so from scratch every layer trains in both phases.
 
+Measured (benchmarks/RESULTS.md, "Three configs by provenance"): on the reduced 3-epoch schedule
+these defaults do not train: Adam at lr 1.0 saturates the gated loss in the first CSG epoch and
+the STD path ends at chance. Use it to study the released procedure, not as a CIFAR-10 recipe.
+
 For the SGD branch of the same file (Nesterov momentum 0.9, weight decay 1e-4):
   --config.optimizer.name=sgd --config.optimizer.nesterov=True --config.optimizer.weight_decay=1e-4
   --config.csg.alternate.optimizer=sgd --config.csg.gate.optimizer=sgd
