@@ -35,16 +35,19 @@ def _get(report, path):
   return report
 
 
-def _detection_rows(report):
-  """[(label, getter)] for accuracy under attack and every detector's AUC of each attack row."""
+def _detection_rows(std, csg):
+  """[(label, getter)]: per attack row, the accuracy under attack and every detector's AUC that
+  either run has (the gate's: CSG only)."""
   rows = []
-  for row in report["adversarial"]:
+  for row in csg["adversarial"]:
     attack, eps = row["attack"], row["epsilon"]
     pick = lambda r, a=attack, e=eps: next(x for x in r["adversarial"]
                                            if x["attack"] == a and x["epsilon"] == e)
     name = f"{attack.upper()} {eps * 255:.0f}/255"
     rows.append((f"{name} accuracy", lambda r, p=pick: p(r)["accuracy"]))
-    for det in row["detection"]:
+    detectors = list(row["detection"]) + [d for d in pick(std)["detection"]
+                                          if d not in row["detection"]]
+    for det in detectors:
       rows.append((f"{name} AUC {det.replace('_', ' ')}",
                    lambda r, p=pick, d=det: p(r)["detection"].get(d, {}).get("auc")))
   return rows
@@ -81,9 +84,8 @@ def main(argv=None) -> int:
   table_rows += [(label, lambda r, p=path: _get(r, p)) for label, path in LOCALIZATION_ROWS
                  if all("localization" in x["STD"] and "localization" in x["CSG"]
                         for x in reports)]
-  table_rows += _detection_rows(reports[0]["STD"]) + [
-      row for row in _detection_rows(reports[0]["CSG"])
-      if row[0] not in {label for label, _ in _detection_rows(reports[0]["STD"])}]
+  if all("adversarial" in x["STD"] and "adversarial" in x["CSG"] for x in reports):
+    table_rows += _detection_rows(reports[0]["STD"], reports[0]["CSG"])
   result = {"seeds": len(reports), "outs": args.outs, "rows": {}}
   print(f"{len(reports)} seeds; mean ± sd over seeds; CSG − STD: mean of the per-seed "
         "differences [95 % Student-t interval]")
