@@ -4,21 +4,14 @@ a filter may close for every class and the density can go below 1/C = 0.1. The b
 paper's reported density, 0.079 (Table 1: 0.0788).
 """
 
-import importlib.util
 import os
 
-
-def _recipe():
-  # Loaded by path: config files are not a package (launch/train.py reads them by file name).
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cifar10_resnet20.py")
-  spec = importlib.util.spec_from_file_location("cifar10_resnet20", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from csg_jax.config import load_config_file
 
 
 def get_config():
-  config = _recipe().get_config()
+  config = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                         "cifar10_resnet20.py"))
   config.csg.gate.projection = "clip"  # G in [0, 1], as in the paper's constraint
   config.csg.gate.target_density = 0.079  # below 1/C, the paper's Table 1 density
   return config

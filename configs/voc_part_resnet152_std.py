@@ -8,18 +8,14 @@ Imported weights and data as in configs/voc_part_resnet152.py, then:
   python launch/train.py --config configs/voc_part_resnet152_std.py --config.data.path=data/voc_part
 """
 
-import importlib.util
 import os
+
+from csg_jax.config import load_config_file
 
 
 def get_config():
-  # The CSG config by path: config files are loaded by path, not as a package.
-  spec = importlib.util.spec_from_file_location(
-      "voc_part_resnet152", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+  config = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                          "voc_part_resnet152.py"))
-  csg = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(csg)
-  config = csg.get_config()
   config.method = "std"  # standard training, the released STD run (ifmask False)
   config.optimizer.freeze = r"^backbone/(stem_|stage1_)"  # layer2, layer3, layer4, fc train
   return config

@@ -7,7 +7,9 @@ new name (`RENAMED`).
 """
 
 import hashlib
+import importlib.util
 import inspect
+import os
 import re
 
 import ml_collections
@@ -37,6 +39,22 @@ RENAMED = {
     "csg.csg_learning_rate": "csg.alternate.learning_rate",
     "csg.csg_freeze": "csg.alternate.freeze",
 }
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of the config file at `path`, loaded by path as `--config` loads it (config
+  files are not a package, so one that builds on another loads it through here)."""
+  if not os.path.isfile(path):
+    raise CSGError(f"config file {path} does not exist: give the path of a file like "
+                   "configs/default.py")
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"csg_jax_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
+    raise CSGError(f"config file {path} defines no get_config(): a config file returns its "
+                   "ConfigDict from get_config()")
+  return module.get_config()
 
 
 def base_config(data_source: str = "digits") -> ml_collections.ConfigDict:

@@ -2,11 +2,13 @@
 
 import inspect
 import json
+import os
 import re
 
 import numpy as np
 import pytest
 
+from conftest import REPO
 from csg_jax import config as config_lib
 from csg_jax import training
 from csg_jax.errors import CSGError
@@ -200,20 +202,31 @@ def test_unread_fields_name_the_setting_that_ignores_them():
 
 
 def _config_file(name):
-  """configs/<name>.py's get_config(), loaded by path as launch/train.py loads it."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """configs/<name>.py's get_config()."""
+  return config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
+
+
+def test_load_config_file_names_a_missing_file_or_a_file_without_get_config(tmp_path):
+  with pytest.raises(CSGError, match="does not exist"):
+    config_lib.load_config_file(str(tmp_path / "nothing.py"))
+  (tmp_path / "empty.py").write_text("X = 1\n")
+  with pytest.raises(CSGError, match="defines no get_config"):
+    config_lib.load_config_file(str(tmp_path / "empty.py"))
+  # A config that builds on another by path, as configs/cifar10_resnet20_clip.py does.
+  (tmp_path / "base.py").write_text(
+      "from csg_jax.config import base_config\n"
+      "def get_config():\n  c = base_config()\n  c.seed = 7\n  return c\n")
+  (tmp_path / "child.py").write_text(
+      "import os\nfrom csg_jax.config import load_config_file\n"
+      "def get_config():\n"
+      "  c = load_config_file(os.path.join(os.path.dirname(__file__), 'base.py'))\n"
+      "  c.num_epochs = 2.0\n  return c\n")
+  child = config_lib.load_config_file(str(tmp_path / "child.py"))
+  assert (child.seed, child.num_epochs) == (7, 2.0)
 
 
 def test_every_config_file_validates():
-  import os  # pylint: disable=g-import-not-at-top
-  folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  folder = os.path.join(REPO, "configs")
   names = sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py"))
   assert {"cifar10_resnet20", "cifar10_resnet20_clip", "cifar10_resnet20_released"} <= set(names)
   for name in names:

@@ -1,6 +1,5 @@
 """The synthetic shapes data set, and the applications end to end on tiny trained runs."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from csg_jax import config as config_lib
 from csg_jax import data as data_lib
 from csg_jax.data import shapes
 from csg_jax import training
@@ -76,13 +76,9 @@ def tiny_runs(tmp_path_factory):
   base = tmp_path_factory.mktemp("apps")
   root = str(base / "shapes")
   shapes.write_shapes_dataset(root, num_train=48, num_test=24, image_size=16, seed=0)
-  spec = importlib.util.spec_from_file_location("shapes_config",
-                                                os.path.join(REPO, "configs", "shapes.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
   runs = {}
   for method in ("std", "csg"):
-    config = module.get_config()
+    config = config_lib.load_config_file(os.path.join(REPO, "configs", "shapes.py"))
     config.data.path = root
     config.data.cache_dir = str(base / "cache")
     config.data.decode_workers = 1
