@@ -68,6 +68,7 @@ def base_config(data_source: str = "digits") -> ml_collections.ConfigDict:
   config.eval_every_steps = 0  # test-split evaluation every N steps (0: only at the end)
   config.checkpoint_every_steps = 500  # checkpoint every N steps (and always at the end)
   config.keep_checkpoints = 3  # newest checkpoints kept on disk
+  config.tensorboard_images = True  # figures (gate, MI matrices, histogram, atlas) in TensorBoard
   config.tensorboard_atlas_filters = 64  # filters in the TensorBoard atlas at the end (0: none)
   config.init_from = ""  # start from another run's weights: its workdir or a checkpoints/<step>
   config.init_from_skip = ""  # regex of parameters not taken from init_from, e.g. "^head/"
@@ -198,7 +199,7 @@ def describe(config) -> str:
 # a run resumes, and they do not name a workdir.
 BOOKKEEPING_FIELDS = frozenset({
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-    "tensorboard_atlas_filters",
+    "tensorboard_images", "tensorboard_atlas_filters",
     "eval_batch_size", "data.cache_dir", "data.decode_workers", "data.prefetch",
     "data.data_dir", "data.download"})
 # Already in a workdir name's stem (<dataset>_<model>_<method>).

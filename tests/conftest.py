@@ -40,7 +40,7 @@ def small_config(**overrides):
   config.num_epochs = 1.0
   config.log_every_steps = 5
   config.checkpoint_every_steps = 10
-  config.tensorboard_atlas_filters = 0  # no atlas pass at the end (straight_run draws one)
+  config.tensorboard_images = False  # no figures to draw (straight_run draws them, atlas too)
   config.update(overrides)
   return config
 
@@ -50,7 +50,7 @@ def straight_run(tmp_path_factory):
   """One uninterrupted small run, shared by the tests that compare against it."""
   from csg_jax import training  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("straight"))
-  results = training.train_and_evaluate(small_config(tensorboard_atlas_filters=10), workdir)
+  results = training.train_and_evaluate(small_config(tensorboard_images=True, tensorboard_atlas_filters=10), workdir)
   return workdir, results
 
 

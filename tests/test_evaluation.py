@@ -48,12 +48,13 @@ def test_report_and_comparison(straight_run, tmp_path):
                              written["mis"])
 
   std_dir = str(tmp_path / "std")
-  training.train_and_evaluate(small_config(method="std", num_epochs=0.3), std_dir)
+  training.train_and_evaluate(small_config(method="std", num_epochs=0.3, tensorboard_images=True,
+                                           tensorboard_atlas_filters=0), std_dir)
   with open(os.path.join(std_dir, "metrics.jsonl")) as f:
     tags = {json.loads(line)["split"] for line in f}
   assert tags == {"train", "test"}  # the same tags as a CSG run's: the curves overlay
   scalars, images = tensorboard_events(os.path.join(std_dir, "tensorboard"))
-  # No gate image, no filters per class; no atlas (small_config draws none).
+  # No gate image, no filters per class; no atlas (tensorboard_atlas_filters=0).
   assert set(images) == {"test/mi_matrix", "test/max_mi_histogram"}
   assert not any(t.startswith(("filters_per_class/", "gate/")) for t in scalars)
   std = report_lib.evaluate_workdir(std_dir)

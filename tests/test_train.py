@@ -89,7 +89,7 @@ def test_alternate_schedule_switches_objectives_by_epoch(tmp_path):
 def test_logging_evaluation_and_checkpoint_cadence(tmp_path):
   """log_every_steps, eval_every_steps, checkpoint_every_steps and keep_checkpoints, observed."""
   config = small_config(log_every_steps=5, eval_every_steps=10, checkpoint_every_steps=5,
-                        keep_checkpoints=2)
+                        keep_checkpoints=2, tensorboard_images=True)
   config.model.name = "tiny"
   results = training.train_and_evaluate(config, str(tmp_path))
   assert results["step"] == 23  # ceil(1437 / 64)
@@ -131,3 +131,9 @@ def test_validation_split_during_training_and_test_once_at_the_end(tmp_path):
   val_row = [r for r in rows if r["split"] == "val"][-1]
   assert val_row["accuracy"] == pytest.approx(results["val_accuracy"])
   assert val_row["mis"] == pytest.approx(results["val_mis"])
+  # tensorboard_images=False (small_config): the same scalars and per-class counts, no figures.
+  scalars, images = tensorboard_events(str(tmp_path / "tensorboard"))
+  assert images == {}
+  assert [step for step, _ in scalars["val/accuracy"]] == [5, 9]
+  assert [step for step, _ in scalars["test/accuracy"]] == [9]
+  assert [step for step, _ in scalars["gate/closed_filters"]] == [5, 9]  # at each evaluation

@@ -174,7 +174,7 @@ def _evaluate(setup: run_lib.RunSetup, eval_fn, state: TrainState, split: str,
   summary = predict.summarize_eval(result, setup.dataset.num_classes, state.host_gate(),
                                    setup.config.seed)
   writer.write(step, split, _scalars(summary))
-  if writer.enabled:  # rendering costs a fraction of a second: at evaluations only
+  if writer.images:  # rendering costs a fraction of a second: at evaluations only
     from csg_jax.evaluation import plots  # pylint: disable=g-import-not-at-top  (matplotlib)
     writer.write_image(step, f"{split}/mi_matrix", plots.matrix_image(
         summary["mi_matrix"], setup.dataset.class_names, colorbar_label="nats",
@@ -186,18 +186,19 @@ def _evaluate(setup: run_lib.RunSetup, eval_fn, state: TrainState, split: str,
 def _write_gate(setup: run_lib.RunSetup, state: TrainState, writer: MetricWriter,
                 step: int) -> None:
   """The gate G as a TensorBoard image on the fixed scale [0, 1] (classes x filters, filters
-  sorted by class); each class's number of filters by G's argmax, `filters_per_class/<name>`,
+  sorted by class; when the writer draws images); each class's number of filters by G's argmax, `filters_per_class/<name>`,
   counting open filters only, and `gate/closed_filters`, whose column is all zero (the argmax
   of such a column is class 0 by convention, not a class the filter serves). Nothing for a run
   without a gate."""
   gate = state.host_gate()
   if gate is None or not writer.enabled:
     return
-  from csg_jax.evaluation import plots  # pylint: disable=g-import-not-at-top  (matplotlib)
   names = setup.dataset.class_names
-  writer.write_image(step, "gate", plots.matrix_image(
-      gate, names, vmax=1.0, colorbar_label="gate value", cmap="magma",
-      title=f"gate G at step {step}, L1 density {float(gate_lib.l1_density(gate)):.3f}"))
+  if writer.images:
+    from csg_jax.evaluation import plots  # pylint: disable=g-import-not-at-top  (matplotlib)
+    writer.write_image(step, "gate", plots.matrix_image(
+        gate, names, vmax=1.0, colorbar_label="gate value", cmap="magma",
+        title=f"gate G at step {step}, L1 density {float(gate_lib.l1_density(gate)):.3f}"))
   is_open = gate.max(axis=0) > 0
   counts = mis_lib.filters_per_class(mis_lib.assigned_class_from_gate(gate)[is_open], len(names))
   writer.write_tensorboard_scalars(step, {
@@ -277,7 +278,8 @@ def _train(setup: run_lib.RunSetup, workdir: str, checkpointer, state: TrainStat
   has_val = "val" in setup.dataset.splits
   during = "val" if has_val else "test"
   train_fns, eval_fn = make_train_steps(setup), predict.make_eval_fn(setup.model, mesh)
-  with MetricWriter(workdir) as writer:  # closed (and uploaded) however training ends
+  # Closed (and uploaded) however training ends.
+  with MetricWriter(workdir, images=config.tensorboard_images) as writer:
     progress = _Progress(plan.total_steps, config.batch_size, start_step)
     batches = data_lib.train_batches(setup.dataset, config.data,
                                      global_batch_size=config.batch_size, seed=config.seed,
@@ -344,7 +346,7 @@ def _train(setup: run_lib.RunSetup, workdir: str, checkpointer, state: TrainStat
       val = _evaluate(setup, eval_fn, state, "val", writer, plan.total_steps)
     summary = _evaluate(setup, eval_fn, state, "test", writer, plan.total_steps)
     _write_gate(setup, state, writer, plan.total_steps)
-    if writer.enabled:
+    if writer.images:
       from csg_jax.evaluation import report  # pylint: disable=g-import-not-at-top  (cycle)
       report.final_figures_to_tensorboard(
           run_lib.TrainedRun(setup, state, plan.total_steps), writer, summary["mi_matrix"],

@@ -25,8 +25,10 @@ def _plain(value):
 
 class MetricWriter:
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
+  def __init__(self, workdir: str, *, enabled: bool = True, images: bool = True):
     self.enabled = enabled and jax.process_index() == 0
+    # Whether figures are wanted: callers check it before rendering, which is what costs.
+    self.images = images and self.enabled
     self._jsonl = None
     self._tb = None
     self._workdir = workdir
@@ -54,7 +56,7 @@ class MetricWriter:
 
   def write_image(self, step: int, tag: str, image) -> None:
     """A uint8 RGB [H, W, 3] image to TensorBoard (a rendered figure: not in metrics.jsonl)."""
-    if self.enabled:
+    if self.images:
       self._tb.add_image(tag, image, int(step), dataformats="HWC")
 
   def write_tensorboard_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
