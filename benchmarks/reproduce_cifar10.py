@@ -10,6 +10,7 @@ split through the STD path, as in the paper. The last line printed is a JSON obj
   python benchmarks/reproduce_cifar10.py --schedule full --jobs 2  # one GPU, both runs at once
   python benchmarks/reproduce_cifar10.py --source tfds             # CIFAR-10 through TFDS
   python benchmarks/reproduce_cifar10.py --config cifar10_resnet20_released --seed 1
+  python benchmarks/reproduce_cifar10.py --seeds 0,1,2  # mean ± sd, paired CSG - STD with 95 % CI
 
 Data: the JPEG copy of CIFAR-10 at ../shared/data/cifar10-jpeg.tar.gz (relative to the repository
 root; --data to point elsewhere), or TFDS with --source tfds.
@@ -17,7 +18,6 @@ root; --data to point elsewhere), or TFDS with --source tfds.
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import os
 import signal
@@ -59,11 +59,9 @@ CONFIGS = {
 
 
 def load_config(name: str):
-  """configs/<name>.py's get_config(), loaded by path as launch/train.py does."""
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """configs/<name>.py's get_config()."""
+  from csg_jax.config import load_config_file  # pylint: disable=g-import-not-at-top  (jax)
+  return load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 def run_overrides(method: str, args) -> dict:
@@ -189,55 +187,10 @@ def checks(results: dict, schedule: str) -> list:
   return out
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--schedule", choices=sorted(SCHEDULES), default="reduced",
-                      help="reduced: 3 epochs, for 2 CPU cores; full: 60 epochs, for a GPU")
-  parser.add_argument("--epochs", type=float, default=0, help="override the schedule's epochs")
-  parser.add_argument("--source", choices=("folder", "tfds"), default="folder",
-                      help="folder: the JPEG copy (--data); tfds: TensorFlow Datasets 'cifar10'")
-  parser.add_argument("--data", default="../shared/data/cifar10-jpeg.tar.gz",
-                      help="the CIFAR-10 JPEG tarball; a relative path is taken from the "
-                      "repository root")
-  parser.add_argument("--workdir", default="workdirs/reproduce_cifar10",
-                      help="root of the runs' workdirs (relative: from the repository root)")
-  parser.add_argument("--config", choices=sorted(CONFIGS), default="cifar10_resnet20",
-                      help="configs/<name>.py: the recipe, its clip variant or the released "
-                      "defaults")
-  parser.add_argument("--methods", default="std,csg", help="which runs: std, csg or both")
-  parser.add_argument("--jobs", type=int, default=1,
-                      help="runs trained at once (2 on a GPU: small steps leave it idle)")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="extra config override, e.g. --set csg.gate.sparsity_weight=0.05 "
-                      "(csg.* fields reach the CSG run only)")
-  parser.add_argument("--deadline-s", type=float, default=0,
-                      help="stop training after this many seconds and evaluate the newest "
-                      "checkpoints instead (0: no limit); reported as partial")
-  args = parser.parse_args(argv)
-  start = time.time()
+def run_seed(args, methods, start) -> dict:
+  """Trains (or reuses) the runs of seed `args.seed`, prints its table beside the paper's; returns
+  what the seed's JSON line holds."""
   from csg_jax.plan import Plan  # pylint: disable=g-import-not-at-top
-  args.workdir = os.path.join(REPO, args.workdir)
-  methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-  if not methods or any(m not in PAPER for m in methods):
-    parser.error(f"--methods {args.methods!r}: use std, csg or std,csg")
-
-  if args.source == "folder":
-    args.data = os.path.normpath(os.path.join(REPO, args.data))
-    if not os.path.exists(args.data):
-      print(f"error: CIFAR-10 is not at {args.data}: the JPEG copy lives in ../shared/data "
-            "beside a development checkout. Pass --data PATH to the tarball, or --source tfds "
-            "to read CIFAR-10 through TensorFlow Datasets.", file=sys.stderr)
-      return 2
-    # Decode (or find) the cached copy once here, so concurrent runs never race to build it.
-    from csg_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-    cfg = data_lib.default_config("folder")
-    cfg.path = args.data
-    dataset = data_lib.load_dataset(cfg)
-    log(f"data: {args.data}: {len(dataset.splits['train'])} train / "
-        f"{len(dataset.splits['test'])} test images, cache "
-        f"{'built' if dataset.cache.built else 'reused'} in {dataset.cache.seconds:.1f} s")
-
   todo, results, workdirs, total_steps = [], {}, {}, {}
   for method in methods:
     overrides = run_overrides(method, args)
@@ -254,6 +207,7 @@ def main(argv=None) -> int:
     else:
       todo.append((method, command(args.config, overrides, workdir), workdir))
 
+  seed_start = time.time()
   deadline = start + args.deadline_s if args.deadline_s else None
   codes = train_runs(todo, args, deadline)
   partial = []
@@ -273,24 +227,118 @@ def main(argv=None) -> int:
       log(f"[{method}] failed with status {code} before its first checkpoint; see "
           f"{os.path.join(workdirs[method], 'train.log')}")
 
-  wall = time.time() - start
+  wall = time.time() - seed_start
   epochs = args.epochs or SCHEDULES[args.schedule]["num_epochs"]
-  data_name = ("cifar10 (TFDS)" if args.source == "tfds"
-               else os.path.basename(args.data))
   log("")
   log(f"CIFAR-10, ResNet-20 (K = 64), configs/{args.config}.py: {args.schedule} schedule, "
       f"{epochs:g} epochs of batch {config.batch_size}, "
-      f"seed {args.seed}, data {data_name}; test split, STD path; wall time {wall / 60:.1f} min")
+      f"seed {args.seed}, data {args.data_name}; test split, STD path; wall time "
+      f"{wall / 60:.1f} min")
   log(table(results, total_steps))
   if partial:
     log(f"PARTIAL: {', '.join(partial)} stopped at the deadline before its schedule ended; "
         "the row shows its newest checkpoint")
   for name, ok, detail in checks(results, args.schedule):
     log(f"{'PASS' if ok else 'MISS'}: {name}: {detail}")
-  print(json.dumps({"config": args.config, "schedule": args.schedule, "epochs": epochs, "seed": args.seed,
-                    "data": data_name, "wall_s": round(wall, 1), "partial": partial,
-                    "results": results, "workdirs": workdirs}), flush=True)
-  return 0 if all(m in results for m in methods) else 1
+  return {"config": args.config, "schedule": args.schedule, "epochs": epochs, "seed": args.seed,
+          "data": args.data_name, "wall_s": round(wall, 1), "partial": partial,
+          "results": results, "workdirs": workdirs}
+
+
+def seed_table(per_seed, num_examples: int) -> dict:
+  """Mean ± sd over seeds and the paired CSG − STD difference with its 95 % interval (the
+  summary csg-compare --seeds writes), from the seeds whose two runs both finished."""
+  from csg_jax.evaluation import report as report_lib  # pylint: disable=g-import-not-at-top
+  reports = {}
+  for row in per_seed:
+    if row["partial"] or not all(m in row["results"] for m in ("std", "csg")):
+      log(f"seed {row['seed']} left out of the summary: a run did not finish")
+      continue
+    reports[row["seed"]] = {m: {**row["results"][m], "workdir": row["workdirs"][m],
+                                "num_examples": num_examples} for m in ("std", "csg")}
+  if len(reports) < 2:
+    log("fewer than 2 seeds with both runs finished: no mean ± sd or interval")
+    return {}
+  summary = report_lib.seed_summary(reports)
+  log("")
+  log(report_lib.seed_markdown(summary, footer="Per-seed rows: the tables above."))
+  return summary
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--schedule", choices=sorted(SCHEDULES), default="reduced",
+                      help="reduced: 3 epochs, for 2 CPU cores; full: 60 epochs, for a GPU")
+  parser.add_argument("--epochs", type=float, default=0, help="override the schedule's epochs")
+  parser.add_argument("--source", choices=("folder", "tfds"), default="folder",
+                      help="folder: the JPEG copy (--data); tfds: TensorFlow Datasets 'cifar10'")
+  parser.add_argument("--data", default="../shared/data/cifar10-jpeg.tar.gz",
+                      help="the CIFAR-10 JPEG tarball; a relative path is taken from the "
+                      "repository root")
+  parser.add_argument("--workdir", default="workdirs/reproduce_cifar10",
+                      help="root of the runs' workdirs (relative: from the repository root)")
+  parser.add_argument("--config", choices=sorted(CONFIGS), default="cifar10_resnet20",
+                      help="configs/<name>.py: the recipe, its clip variant or the released "
+                      "defaults")
+  parser.add_argument("--methods", default="std,csg", help="which runs: std, csg or both")
+  parser.add_argument("--jobs", type=int, default=1,
+                      help="runs trained at once (2 on a GPU: small steps leave it idle)")
+  parser.add_argument("--seeds", "--seed", default="0", metavar="SEEDS",
+                      help="seed, or comma-separated seeds trained in turn (e.g. 0,1,2); with "
+                      "two or more: mean ± sd and the paired CSG − STD difference with its 95 %% "
+                      "interval")
+  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                      help="extra config override, e.g. --set csg.gate.sparsity_weight=0.05 "
+                      "(csg.* fields reach the CSG run only)")
+  parser.add_argument("--deadline-s", type=float, default=0,
+                      help="stop training after this many seconds and evaluate the newest "
+                      "checkpoints instead (0: no limit); reported as partial")
+  args = parser.parse_args(argv)
+  start = time.time()
+  args.workdir = os.path.join(REPO, args.workdir)
+  methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+  if not methods or any(m not in PAPER for m in methods):
+    parser.error(f"--methods {args.methods!r}: use std, csg or std,csg")
+  try:
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+  except ValueError:
+    parser.error(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 0,1,2")
+  if not seeds or len(set(seeds)) != len(seeds):
+    parser.error(f"--seeds {args.seeds!r}: give distinct integers, e.g. 0,1,2")
+
+  num_examples = 10_000  # CIFAR-10's test split, from either source
+  args.data_name = "cifar10 (TFDS)"
+  if args.source == "folder":
+    args.data = os.path.normpath(os.path.join(REPO, args.data))
+    args.data_name = os.path.basename(args.data)
+    if not os.path.exists(args.data):
+      print(f"error: CIFAR-10 is not at {args.data}: the JPEG copy lives in ../shared/data "
+            "beside a development checkout. Pass --data PATH to the tarball, or --source tfds "
+            "to read CIFAR-10 through TensorFlow Datasets.", file=sys.stderr)
+      return 2
+    # Decode (or find) the cached copy once here, so concurrent runs never race to build it.
+    from csg_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+    cfg = data_lib.default_config("folder")
+    cfg.path = args.data
+    dataset = data_lib.load_dataset(cfg)
+    num_examples = len(dataset.splits["test"])
+    log(f"data: {args.data}: {len(dataset.splits['train'])} train / "
+        f"{num_examples} test images, cache "
+        f"{'built' if dataset.cache.built else 'reused'} in {dataset.cache.seconds:.1f} s")
+
+  per_seed = []
+  for seed in seeds:
+    args.seed = seed
+    per_seed.append(run_seed(args, methods, start))
+  complete = all(m in row["results"] for row in per_seed for m in methods)
+  if len(seeds) == 1:
+    print(json.dumps(per_seed[0]), flush=True)
+    return 0 if complete else 1
+  summary = seed_table(per_seed, num_examples) if set(methods) == {"std", "csg"} else {}
+  print(json.dumps({"config": args.config, "schedule": args.schedule, "seeds": seeds,
+                    "wall_s": round(time.time() - start, 1), "per_seed": per_seed,
+                    "summary": summary}), flush=True)
+  return 0 if complete else 1
 
 
 if __name__ == "__main__":

@@ -243,8 +243,10 @@ def _mean_sd_text(stat: Optional[Mapping[str, Any]]) -> str:
   return f"{stat['mean']:.4f}" + ("" if stat["sd"] is None else f" ± {stat['sd']:.4f}")
 
 
-def seed_markdown(summary: Mapping[str, Any]) -> str:
-  """compare.md over several seeds: per-seed rows, mean ± sd, paired differences with CIs."""
+def seed_markdown(summary: Mapping[str, Any],
+                  footer: str = "Per-seed tables and figures: seed<k>/compare.md.") -> str:
+  """compare.md over several seeds: per-seed rows, mean ± sd, paired differences with CIs;
+  `footer` says where each seed's details are."""
   columns = [(m, k) for m in ("std", "csg") for k in SEED_METRICS
              if not (m == "std" and k == "gate_density")]
   head = " | ".join(f"{m.upper()} {_LABELS[k]}" for m, k in columns)
@@ -264,7 +266,7 @@ def seed_markdown(summary: Mapping[str, Any]) -> str:
     sd = "–" if d["sd"] is None else f"{d['sd']:.4f}"
     lines.append(f"| {_LABELS[k]} | {d['mean']:+.4f} | {sd} | {ci} |")
   lines += ["", f"Test split, STD path, {summary['num_examples']} examples; sd: sample standard "
-            "deviation over seeds. Per-seed tables and figures: seed<k>/compare.md.", ""]
+            f"deviation over seeds. {footer}", ""]
   return "\n".join(lines)
 
 
