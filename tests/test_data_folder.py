@@ -10,6 +10,7 @@ from PIL import Image
 
 from csg_jax import data
 from csg_jax.data import folder
+from csg_jax.data import sources
 from csg_jax.errors import CSGError
 
 _RNG = np.random.default_rng(0)
@@ -248,9 +249,11 @@ def test_statistics_not_given_are_measured_on_the_training_split(tmp_path):
     data.load_dataset(cfg)
 
 
-def test_default_config_trains_on_a_folder_of_rgb_images_without_statistics(tmp_path):
+def test_default_config_trains_on_a_folder_of_rgb_images_without_statistics(tmp_path,
+                                                                        monkeypatch):
   """The default (digits, 1 channel) config pointed at RGB images: the statistics are measured,
-  used, and recorded in dataset.json; config.json keeps them empty, as given."""
+  used, and recorded in dataset.json; config.json keeps them empty, as given; load_run reads
+  them back."""
   from conftest import small_config  # pylint: disable=g-import-not-at-top
   from csg_jax import training  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
@@ -272,3 +275,10 @@ def test_default_config_trains_on_a_folder_of_rgb_images_without_statistics(tmp_
   np.testing.assert_allclose(saved["mean"], pixels.mean(0), atol=1e-6)
   np.testing.assert_allclose(saved["std"], pixels.std(0), atol=1e-6)
   assert json.loads((tmp_path / "w" / "config.json").read_text())["data"]["mean"] == []
+  # Restoring the run normalises with the recorded statistics, without measuring them again.
+  def measure_again(*args, **kwargs):
+    raise AssertionError("load_run measured the statistics again")
+  monkeypatch.setattr(sources, "channel_statistics", measure_again)
+  run = training.load_run(str(tmp_path / "w"))
+  np.testing.assert_allclose(run.config.data.mean, saved["mean"], atol=0)
+  np.testing.assert_allclose(run.config.data.std, saved["std"], atol=0)

@@ -79,8 +79,16 @@ class TrainedRun:
 
 
 def load_run(workdir: str, *, devices: Optional[Sequence[jax.Device]] = None) -> TrainedRun:
-  """Restores the newest good checkpoint of `workdir` with the config the run was trained with."""
-  setup = build(read_config(workdir), devices=devices)
+  """Restores the newest good checkpoint of `workdir` with the config the run was trained with,
+  normalising with the statistics the run trained with (dataset.json), not measured again."""
+  config = read_config(workdir)
+  recorded = fileio.join(workdir, "dataset.json")
+  if not len(config.data.mean) and fileio.exists(recorded):
+    used = fileio.read_json(recorded)
+    if used.get("mean") and used.get("std"):
+      config.unlock()
+      config.data.mean, config.data.std = tuple(used["mean"]), tuple(used["std"])
+  setup = build(config, devices=devices)
   checkpointer = checkpoint_lib.Checkpointer(workdir, every_steps=0,
                                              keep=setup.config.keep_checkpoints)
   try:
