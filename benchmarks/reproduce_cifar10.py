@@ -6,7 +6,7 @@ one workdir each under --workdir; a run whose results.json exists is reused, and
 resumes from its checkpoints, so a rerun is cheap. Accuracy and MIS are measured on the test
 split through the STD path, as in the paper. The last line printed is a JSON object.
 
-  python benchmarks/reproduce_cifar10.py                           # reduced: 2 CPU cores, < 1 h
+  python benchmarks/reproduce_cifar10.py                           # reduced: 2 CPU cores, 35-60 min
   python benchmarks/reproduce_cifar10.py --schedule full --jobs 2  # one GPU, both runs at once
   python benchmarks/reproduce_cifar10.py --source tfds             # CIFAR-10 through TFDS
   python benchmarks/reproduce_cifar10.py --config cifar10_resnet20_released --seed 1
@@ -37,8 +37,8 @@ PAPER = {"csg": (0.9192, 0.1603, 0.0788), "std": (0.9169, 0.1119, None)}
 # Overrides per schedule; both keep the config's optimiser, batch and CSG settings and differ in
 # length only.
 SCHEDULES = {
-    # 3 epochs: 1 172 steps of batch 128, 0.6 s each on 2 idle CPU cores (~30 min for both
-    # runs), so that both finish within an hour while other work slows the cores down.
+    # 3 epochs: 1 172 steps of batch 128 a run; on 2 CPU cores 0.85-1.5 s a step (jax 0.8.3 to
+    # 0.10.2: RESULTS.md), so 35-60 min for both runs.
     "reduced": {"num_epochs": 3.0, "log_every_steps": 50, "checkpoint_every_steps": 400,
                 "eval_every_steps": 0},
     # 60 epochs: sized so that both runs (at once, --jobs 2) fit in one GPU call of 10 minutes
