@@ -50,7 +50,8 @@ def straight_run(tmp_path_factory):
   """One uninterrupted small run, shared by the tests that compare against it."""
   from csg_jax import training  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("straight"))
-  results = training.train_and_evaluate(small_config(tensorboard_images=True, tensorboard_atlas_filters=10), workdir)
+  config = small_config(tensorboard_images=True, tensorboard_atlas_filters=10)
+  results = training.train_and_evaluate(config, workdir)
   return workdir, results
 
 

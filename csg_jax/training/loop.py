@@ -186,10 +186,10 @@ def _evaluate(setup: run_lib.RunSetup, eval_fn, state: TrainState, split: str,
 def _write_gate(setup: run_lib.RunSetup, state: TrainState, writer: MetricWriter,
                 step: int) -> None:
   """The gate G as a TensorBoard image on the fixed scale [0, 1] (classes x filters, filters
-  sorted by class; when the writer draws images); each class's number of filters by G's argmax, `filters_per_class/<name>`,
-  counting open filters only, and `gate/closed_filters`, whose column is all zero (the argmax
-  of such a column is class 0 by convention, not a class the filter serves). Nothing for a run
-  without a gate."""
+  sorted by class; when the writer draws images); each class's number of filters by G's argmax,
+  `filters_per_class/<name>`, counting open filters only, and `gate/closed_filters`, whose column
+  is all zero (the argmax of such a column is class 0 by convention, not a class the filter
+  serves). Nothing for a run without a gate."""
   gate = state.host_gate()
   if gate is None or not writer.enabled:
     return

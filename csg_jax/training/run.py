@@ -85,8 +85,7 @@ def load_run(workdir: str, *, devices: Optional[Sequence[jax.Device]] = None) ->
   recorded = fileio.join(workdir, "dataset.json")
   if not len(config.data.mean) and fileio.exists(recorded):
     used = fileio.read_json(recorded)
-    if used.get("mean") and used.get("std"):
-      config.unlock()
+    if used.get("mean") and used.get("std"):  # read_config's ConfigDict is not locked
       config.data.mean, config.data.std = tuple(used["mean"]), tuple(used["std"])
   setup = build(config, devices=devices)
   checkpointer = checkpoint_lib.Checkpointer(workdir, every_steps=0,
