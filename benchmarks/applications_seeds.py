@@ -18,7 +18,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from csg_jax.evaluation import report as report_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from csg_jax.experiments import statistics  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 RUN_ROWS = (("test accuracy", ("accuracy",)), ("MIS", ("mis",)))
 LOCALIZATION_ROWS = (("GradMap IoU", ("localization", "gradmap", "iou")),
@@ -95,8 +95,8 @@ def main(argv=None) -> int:
   for label, get in table_rows:
     values = {m: [get(r[m]) if _has(r[m], get) else None for r in reports]
               for m in ("STD", "CSG")}
-    stats = {m: (report_lib.mean_sd(v) if None not in v else None) for m, v in values.items()}
-    diff = (report_lib.paired_difference(values["CSG"], values["STD"])
+    stats = {m: (statistics.mean_sd(v) if None not in v else None) for m, v in values.items()}
+    diff = (statistics.paired_difference(values["CSG"], values["STD"])
             if stats["STD"] and stats["CSG"] else None)
     result["rows"][label] = {"std": values["STD"], "csg": values["CSG"], "difference": diff}
     print(f"| {label} | {_cell(stats['STD'])} | {_cell(stats['CSG'])} | {_diff_cell(diff)} |")

@@ -41,8 +41,8 @@ SCHEDULES = {
     # 0.10.2: RESULTS.md), so 35-60 min for both runs.
     "reduced": {"num_epochs": 3.0, "log_every_steps": 50, "checkpoint_every_steps": 400,
                 "eval_every_steps": 0},
-    # 60 epochs: sized so that both runs (at once, --jobs 2) fit in one GPU call of 10 minutes
-    # beside the other benchmarks (benchmarks/gpu.sh). The paper trains longer: --epochs 200.
+    # 60 epochs: sized so that both runs (at once, --jobs 2) fit in the 10 minutes of gpu.sh
+    # beside the other benchmarks it runs. The paper trains longer: --epochs 200.
     "full": {"num_epochs": 60.0, "log_every_steps": 391, "checkpoint_every_steps": 3910,
              "eval_every_steps": 0},
 }
@@ -60,8 +60,8 @@ CONFIGS = {
 
 def load_config(name: str):
   """configs/<name>.py's get_config()."""
-  from csg_jax.config import load_config_file  # pylint: disable=g-import-not-at-top  (jax)
-  return load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
+  from csg_jax.config import load_config_file  # pylint: disable=g-import-not-at-top
+  return load_config_file(name)  # a shipped config
 
 
 def run_overrides(method: str, args) -> dict:
@@ -143,10 +143,10 @@ def train_runs(todo, args, deadline) -> dict:
 
 def evaluate_checkpoint(workdir: str) -> dict:
   """Test-split accuracy, MIS and density of the newest checkpoint of an unfinished run."""
-  from csg_jax import training  # pylint: disable=g-import-not-at-top
+  from csg_jax import runs  # pylint: disable=g-import-not-at-top
   from csg_jax.evaluation import predict  # pylint: disable=g-import-not-at-top
 
-  run = training.load_run(workdir)
+  run = runs.load_run(workdir)
   eval_fn = predict.make_eval_fn(run.model, run.mesh)
   result = predict.evaluate(eval_fn, run.state, run.dataset, run.config, run.mesh)
   summary = predict.summarize_eval(result, run.dataset.num_classes, run.state.host_gate(),
@@ -248,7 +248,7 @@ def run_seed(args, methods, start) -> dict:
 def seed_table(per_seed, num_examples: int) -> dict:
   """Mean ± sd over seeds and the paired CSG − STD difference with its 95 % interval (the
   summary csg-compare --seeds writes), from the seeds whose two runs both finished."""
-  from csg_jax.evaluation import report as report_lib  # pylint: disable=g-import-not-at-top
+  from csg_jax.experiments import statistics  # pylint: disable=g-import-not-at-top
   reports = {}
   for row in per_seed:
     if row["partial"] or not all(m in row["results"] for m in ("std", "csg")):
@@ -259,9 +259,9 @@ def seed_table(per_seed, num_examples: int) -> dict:
   if len(reports) < 2:
     log("fewer than 2 seeds with both runs finished: no mean ± sd or interval")
     return {}
-  summary = report_lib.seed_summary(reports)
+  summary = statistics.seed_summary(reports)
   log("")
-  log(report_lib.seed_markdown(summary, footer="Per-seed rows: the tables above."))
+  log(statistics.seed_markdown(summary, footer="Per-seed rows: the tables above."))
   return summary
 
 

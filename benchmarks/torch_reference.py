@@ -10,7 +10,7 @@ of G (column max -> 1, then clip to [0, 1]).
 torch is a benchmark-only dependency (the `bench` extra); csg_jax never imports this file.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

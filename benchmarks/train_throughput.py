@@ -1,6 +1,6 @@
 r"""Training throughput of csg_jax (STD and CSG steps) against a PyTorch re-statement.
 
-For each model: csg_jax's jit-compiled train step (`training.loop.make_train_steps`) for STD and
+For each model: csg_jax's jit-compiled train step (`training.make_train_steps`) for STD and
 CSG (the joint loss), and the PyTorch re-statement of the released step
 (benchmarks/torch_reference.py: the gate applied by a per-sample Python loop), same architecture,
 batch and input size, in this one process. Steps are timed after compilation/warm-up, one step per
@@ -55,35 +55,32 @@ def jax_variants(name: str, size: int, batch: int, classes: int, seed: int,
   """{"jax_std": step(), "jax_csg": step()}, the parameter count, XLA's cost analyses; the trunk
   computes in `dtype` (model.dtype).
 
-  The steps are those `training.loop.make_train_steps` returns, compiled ahead for these shapes.
+  The steps are those `training.make_train_steps` returns, compiled ahead for these shapes.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from configs import cifar10_resnet20  # pylint: disable=g-import-not-at-top
-  from csg_jax import models, optimizer  # pylint: disable=g-import-not-at-top
-  from csg_jax.plan import Plan  # pylint: disable=g-import-not-at-top
-  from csg_jax.training import loop, parallel, run  # pylint: disable=g-import-not-at-top
-  from csg_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  from csg_jax import runs, sharding  # pylint: disable=g-import-not-at-top
+  from csg_jax.config import load_config_file  # pylint: disable=g-import-not-at-top
+  from csg_jax.training import make_train_steps  # pylint: disable=g-import-not-at-top
 
-  mesh = parallel.make_mesh()
+  mesh = sharding.make_mesh()
   rng = np.random.default_rng(seed)
   images = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
   labels = rng.integers(0, classes, size=batch).astype(np.int32)
-  data = parallel.to_global({"image": images, "label": labels}, mesh)
+  data = sharding.to_global({"image": images, "label": labels}, mesh)
   steps, num_params, costs = {}, None, {}
   for method in ("std", "csg"):
-    config = cifar10_resnet20.get_config()  # SGD + momentum, weight decay, joint CSG loss
+    config = load_config_file("cifar10_resnet20")  # SGD + momentum, weight decay, joint CSG
     config.method = method
     config.model.name = name
     config.model.dtype = dtype
-    model = models.build_model(config.model, classes, use_gate=method == "csg",
-                               gate_init=config.csg.gate.init)
-    plan = Plan.from_config(config, 50_000)
-    optimizers = optimizer.make_optimizers(config, plan)
-    state = jax.jit(lambda r, m=model, o=optimizers: state_lib.create_train_state(
-        m, o, (size, size, 3), r), out_shardings=parallel.replicated(mesh))(
-            jax.random.PRNGKey(seed))
+    config.seed = seed
+    setup = runs.for_shapes(config, num_classes=classes, image_shape=(size, size, 3),
+                            num_train_examples=50_000)
+    state = jax.jit(lambda r, s=setup: runs.create_train_state(
+        s.model, s.optimizers, s.image_shape, r), out_shardings=sharding.replicated(mesh))(
+            setup.rng)
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-    train_fns = loop.make_train_steps(run.RunSetup(config, mesh, None, model, plan, optimizers))
+    train_fns = make_train_steps(setup)
     t0 = time.perf_counter()
     fn = train_fns["std" if method == "std" else "joint"].lower(state, data).compile()
     cost = fn.cost_analysis()

@@ -12,7 +12,8 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator, List
+from typing import Any
+from collections.abc import Iterator
 
 from csg_jax.errors import CSGError
 
@@ -89,7 +90,7 @@ def makedirs(path: str) -> None:
     os.makedirs(path, exist_ok=True)
 
 
-def listdir(path: str) -> List[str]:
+def listdir(path: str) -> list[str]:
   """Names in a folder; [] when it does not exist."""
   if not is_remote(path):
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
@@ -152,7 +153,7 @@ def read_json(path: str) -> Any:
   return json.loads(read_text(path))
 
 
-def walk_files(path: str) -> List[str]:
+def walk_files(path: str) -> list[str]:
   """Paths of all files under a folder, relative to it, sorted; [] when it does not exist."""
   if not is_remote(path):
     return sorted(os.path.relpath(os.path.join(root, name), path)

@@ -4,7 +4,6 @@ The gate lives in its own variable collection, `gates`, so the optimiser can giv
 update (learning rate, sparsity, projection) without touching `params`.
 """
 
-from typing import Optional
 
 import chex
 import flax.linen as nn
@@ -73,7 +72,7 @@ def project_gates(gates: jnp.ndarray, mode: str = "max_normalize") -> jnp.ndarra
   return jnp.clip(gates, 0.0, 1.0)
 
 
-def gate_values(gates_collection) -> Optional[jnp.ndarray]:
+def gate_values(gates_collection) -> jnp.ndarray | None:
   """G from the `gates` collection (wherever the gate module sits), or None when it is empty."""
   leaves = jax.tree_util.tree_leaves(gates_collection)
   if not leaves:

@@ -8,7 +8,7 @@ The sparsity term lambda2 * max(0, ||G||_1 - d*C*K) is not here: it is part of t
 optax update (optimizer.add_sparsity_gradient), so G reaches the loss only through logits_csg.
 """
 
-from typing import Mapping, Tuple
+from collections.abc import Mapping
 
 import jax.numpy as jnp
 import optax
@@ -25,7 +25,7 @@ def accuracy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
 
 
 def objective(outputs: Mapping[str, jnp.ndarray], labels: jnp.ndarray, phase: str, *,
-              gated_loss_weight: float = 1.0) -> Tuple[jnp.ndarray, dict]:
+              gated_loss_weight: float = 1.0) -> tuple[jnp.ndarray, dict]:
   """Returns (loss, metrics) for one batch of model outputs in the given phase."""
   if phase not in PHASES:
     raise ValueError(f"unknown phase {phase!r}; expected one of {PHASES}")

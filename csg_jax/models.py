@@ -7,7 +7,8 @@ shared linear head and, for CSG training, the class-specific gate.
 
 import functools
 import re
-from typing import Any, Optional, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import chex
 import flax.linen as nn
@@ -147,7 +148,7 @@ class CSGClassifier(nn.Module):
   gate_init: float = 0.5
 
   @nn.compact
-  def __call__(self, images, labels: Optional[jnp.ndarray] = None, *, train: bool = False):
+  def __call__(self, images, labels: jnp.ndarray | None = None, *, train: bool = False):
     chex.assert_rank(images, 4)
     feature_map = self.backbone(images, train=train)
     chex.assert_rank(feature_map, 4)

@@ -14,7 +14,6 @@ or "std" and "csg" for the alternate schedule).
 
 import functools
 import re
-from typing import Dict, Optional
 
 import jax
 import optax
@@ -99,7 +98,7 @@ def learning_rate_schedule(opt_config, base_lr: float, total_steps: int,
   raise CSGError(f"unknown learning-rate schedule {name!r}; use one of {SCHEDULES}")
 
 
-def schedules(config, plan: Plan) -> Dict[str, Dict[str, Optional[optax.Schedule]]]:
+def schedules(config, plan: Plan) -> dict[str, dict[str, optax.Schedule | None]]:
   """{optimiser: {"trunk": schedule, "gate": schedule or None}}, each counted in that
   optimiser's own steps; what make_optimizers uses and the training rows report."""
   opt, alternate = config.optimizer, config.csg.alternate
@@ -146,7 +145,7 @@ def gate_transform(gate_config, schedule: optax.Schedule) -> optax.GradientTrans
       project_gates_transform(gate_config.projection))
 
 
-def compile_freeze_pattern(pattern: str) -> Optional[re.Pattern]:
+def compile_freeze_pattern(pattern: str) -> re.Pattern | None:
   try:
     return re.compile(pattern) if pattern else None
   except re.error as e:
@@ -167,7 +166,7 @@ def partition_labels(tree, freeze_pattern: str):
   return jax.tree_util.tree_map_with_path(label, tree)
 
 
-def make_optimizers(config, plan: Plan) -> Dict[str, optax.GradientTransformation]:
+def make_optimizers(config, plan: Plan) -> dict[str, optax.GradientTransformation]:
   """One partitioned transform per optimiser of `plan`, each over {"params": ..., "gates": ...}.
 
   An optimiser's trunk hyperparameters come from config.optimizer, or for optimiser B of the

@@ -19,7 +19,6 @@ its own state and learning-rate schedule that advance only in its own epochs.
 
 import dataclasses
 import math
-from typing import Dict, Optional, Tuple
 
 PHASES = ("std", "joint", "csg")
 
@@ -37,10 +36,10 @@ class Plan:
   total_steps: int
   batch_size: int
   num_examples: int  # training examples per epoch
-  phases: Tuple[str, ...]  # phases the run uses, in PHASES order
-  optimizer_of_phase: Dict[str, str]  # phase -> optimiser name
-  optimizers: Dict[str, OptimizerRole]  # optimiser name -> role
-  alternate: Optional[Tuple[int, int, int]] = None  # (warmup_epochs, period, min_phase)
+  phases: tuple[str, ...]  # phases the run uses, in PHASES order
+  optimizer_of_phase: dict[str, str]  # phase -> optimiser name
+  optimizers: dict[str, OptimizerRole]  # optimiser name -> role
+  alternate: tuple[int, int, int] | None = None  # (warmup_epochs, period, min_phase)
 
   @classmethod
   def from_config(cls, config, num_examples: int) -> "Plan":
@@ -67,7 +66,7 @@ class Plan:
     warmup, period, min_phase = self.alternate
     return epoch >= warmup and epoch % period >= min_phase
 
-  def epoch_starts(self, optimizer: str) -> Tuple[int, ...]:
+  def epoch_starts(self, optimizer: str) -> tuple[int, ...]:
     """For each epoch in which `optimizer` steps, the count of its own steps before that epoch:
     where a schedule counted in its own epochs (the released MultiStepLR) moves.
 

@@ -26,7 +26,7 @@ torchvision's and timm's); fc.weight [C, F] -> head kernel [F, C]; lmask.mask [K
 """
 
 import re
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +49,7 @@ _TORCH_MODULE = {"stem_conv": "conv1", "stem_bn": "bn1", "head": "fc",
                  "shortcut_conv": "downsample.0", "shortcut_bn": "downsample.1"}
 
 
-def _torch_key(path: Tuple[str, ...]) -> str:
+def _torch_key(path: tuple[str, ...]) -> str:
   """The torchvision state-dict key of a csg_jax variable path, e.g.
   (params, backbone, stage2_block1, shortcut_conv, kernel) -> layer2.0.downsample.0.weight."""
   if path[0] == gate_lib.GATE_COLLECTION:
@@ -70,24 +70,25 @@ def _to_ours(array: np.ndarray) -> np.ndarray:
   return array.T if array.ndim == 2 else array
 
 
-def _torch_shape(shape: Tuple[int, ...]) -> Tuple[int, ...]:
+def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
   """The torch shape of a csg_jax variable shape (inverse of `_to_ours`)."""
   if len(shape) == 4:
     return (shape[3], shape[2], shape[0], shape[1])
   return tuple(reversed(shape))
 
 
-def _first_line(error: Exception) -> str:
+def _error_summary(error: Exception) -> str:
+  """'<error type>: <first line of its message>'."""
   lines = str(error).strip().splitlines()
   return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
   return safetensors_numpy.load_file(path)
 
 
-def _read_torch(path: str) -> Dict[str, np.ndarray]:
+def _read_torch(path: str) -> dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -102,7 +103,7 @@ def _read_torch(path: str) -> Dict[str, np.ndarray]:
   return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in obj.items()}
 
 
-def read_state_dict(path: str) -> Dict[str, np.ndarray]:
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """The tensors of a .safetensors or torch.save file, `module.` prefixes removed.
 
   The format is told by the first bytes, not the name: safetensors starts with an 8-byte header
@@ -125,7 +126,7 @@ def read_state_dict(path: str) -> Dict[str, np.ndarray]:
     raise
   except Exception as e:  # pylint: disable=broad-except
     # Truncated archives, pickles that weights_only refuses, bad headers: one line each.
-    raise CSGError(f"{path} looks like {what} but cannot be read ({_first_line(e)[:300]}); it "
+    raise CSGError(f"{path} looks like {what} but cannot be read ({_error_summary(e)[:300]}); it "
                    f"must be a complete {_FORMATS}") from None
   return {k.removeprefix("module."): np.asarray(v) for k, v in tensors.items()
           if not _SKIPPED.search(k)}
@@ -154,7 +155,7 @@ def _listed(items, sep: str = ", ", limit: int = 4) -> str:
 
 
 def load_resnet(path: str, model_name: str,
-                num_classes: Optional[int] = None) -> Tuple[models.CSGClassifier, Dict[str, Any]]:
+                num_classes: int | None = None) -> tuple[models.CSGClassifier, dict[str, Any]]:
   """(model, variables) of a torchvision-layout ResNet file, equal to it in eval mode.
 
   `model_name` is resnet18/34/50/101/152. The base width is read from conv1 (reduced-width nets

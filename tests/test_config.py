@@ -1,6 +1,5 @@
 """Config fields: every field is commented, renamed fields are named, old workdirs still load."""
 
-import inspect
 import json
 import os
 import re
@@ -9,8 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from csg_jax import cli
 from csg_jax import config as config_lib
-from csg_jax import training
+from csg_jax import data
+from csg_jax import runs
 from csg_jax.errors import CSGError
 
 
@@ -22,13 +23,17 @@ def _leaf_names(tree, prefix=""):
       yield f"{prefix}{key}"
 
 
-def test_every_base_field_has_a_comment():
-  source = inspect.getsource(config_lib.base_config)
-  for name in _leaf_names(config_lib.base_config().to_dict()):
-    if name.startswith("data."):
-      continue  # data fields are commented in csg_jax/data/config.py
-    leaf = name.rsplit(".", 1)[-1]
-    assert re.search(rf"\.{leaf} = .*  # \S", source), f"{name} has no one-line comment"
+def test_every_field_has_a_one_line_comment_and_every_comment_a_field():
+  comments = config_lib.comments()
+  names = set(_leaf_names(config_lib.base_config().to_dict()))
+  for name in names:
+    assert comments.get(name, "").strip(), f"{name} has no comment"
+    assert "\n" not in comments[name], f"{name}'s comment is not one line"
+  assert set(comments) == names  # no comment of a field that is gone
+  # --show_config prints them beside the values.
+  described = config_lib.describe(config_lib.base_config("folder"))
+  assert "csg.gate.target_density = 0.1" in described
+  assert re.search(r"data\.skip_corrupt = False +# \(folder\) Skip unreadable", described)
 
 
 def test_no_field_stutters_its_group():
@@ -103,7 +108,7 @@ def test_workdir_of_an_earlier_version_loads(straight_run, tmp_path):
   csg["csg_freeze"] = alternate.pop("freeze")
   csg.update(alternate)
   (workdir / "config.json").write_text(json.dumps(saved))
-  run = training.load_run(str(workdir))
+  run = runs.load_run(str(workdir))
   assert run.step == straight_run[1]["step"]
   assert run.config.csg.gate.target_density == gate["target_density"]
   assert run.config.csg.gated_loss_weight == csg["csg_weight"]
@@ -115,8 +120,8 @@ def test_seed_sets_the_initialisation():
   for seed in (0, 0, 1):
     config = small_config(seed=seed)
     config.model.name = "tiny"  # initialised op by op: a small model keeps this test quick
-    setup = training.build(config)
-    state = training.create_train_state(setup.model, setup.optimizers, (8, 8, 1), setup.rng)
+    setup = runs.build(config)
+    state = runs.create_train_state(setup.model, setup.optimizers, (8, 8, 1), setup.rng)
     inits.append(np.asarray(state.params["head"]["kernel"]))
   np.testing.assert_array_equal(inits[0], inits[1])
   assert not np.allclose(inits[0], inits[2])
@@ -202,8 +207,38 @@ def test_unread_fields_name_the_setting_that_ignores_them():
 
 
 def _config_file(name):
-  """configs/<name>.py's get_config()."""
+  """configs/<name>.py's get_config(), loaded by path from the checkout's configs/."""
   return config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
+
+
+def test_shipped_configs_load_by_name_and_by_path_to_the_same_files(tmp_path):
+  """configs/ of a checkout is the package's csg_jax/configs (one copy), and `--config` takes a
+  shipped config's name as well as a path."""
+  assert os.path.realpath(os.path.join(REPO, "configs")) == os.path.realpath(
+      config_lib.files.SHIPPED_DIR)
+  names = config_lib.shipped()
+  assert {"default", "cifar10_resnet20", "shapes", "voc_part_resnet152"} <= set(names)
+  assert "__init__" not in names
+  for name in ("cifar10_resnet20", "cifar10_resnet20.py", "configs/cifar10_resnet20.py"):
+    assert config_lib.resolve(name) in (os.path.join(config_lib.files.SHIPPED_DIR,
+                                                     "cifar10_resnet20.py"), name)
+    assert config_lib.load_config_file(name).to_dict() == _config_file(
+        "cifar10_resnet20").to_dict()
+  assert config_lib.resolve("no_such_config") == "no_such_config"  # left for the loader to name
+  # --config on the command line: a name becomes the shipped file's path, a path stays.
+  shipped = os.path.join(config_lib.files.SHIPPED_DIR, "shapes.py")
+  assert cli.resolve_config_names(["prog", "--config", "shapes", "--config.seed=1"]) == [
+      "prog", "--config", shipped, "--config.seed=1"]
+  assert cli.resolve_config_names(["prog", "--config=shapes.py", "--workdir", "shapes"]) == [
+      "prog", f"--config={shipped}", "--workdir", "shapes"]
+  mine = str(tmp_path / "mine.py")
+  open(mine, "w").write("")
+  assert cli.resolve_config_names(["p", "--config", mine]) == ["p", "--config", mine]
+  with pytest.raises(CSGError, match=r"--config nope: no such file, and no shipped config of "
+                                     r"that name \(shipped: cifar10_resnet20, "):
+    cli.resolve_config_names(["p", "--config=nope"])
+  with pytest.raises(CSGError, match="does not exist.*name of a shipped one.*default"):
+    config_lib.load_config_file("no_such_config")
 
 
 def test_load_config_file_names_a_missing_file_or_a_file_without_get_config(tmp_path):
@@ -225,12 +260,19 @@ def test_load_config_file_names_a_missing_file_or_a_file_without_get_config(tmp_
   assert (child.seed, child.num_epochs) == (7, 2.0)
 
 
-def test_every_config_file_validates():
-  folder = os.path.join(REPO, "configs")
-  names = sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py"))
+def test_every_config_file_validates(tmp_path):
+  """Every shipped config is valid once its data is where it says; validation checks the data
+  fields too, so a config whose source reads data.path names that field without one."""
+  names = config_lib.shipped()
   assert {"cifar10_resnet20", "cifar10_resnet20_clip", "cifar10_resnet20_released"} <= set(names)
   for name in names:
-    config_lib.validate(_config_file(name))
+    config = _config_file(name)
+    if "path" in data.SOURCES[config.data.source].reads:
+      config.data.path = None
+      with pytest.raises(CSGError, match="data.path"):
+        config_lib.validate(config)
+      config.data.path = str(tmp_path)
+    config_lib.validate(config)
   clip = _config_file("cifar10_resnet20_clip")
   assert clip.csg.gate.projection == "clip" and clip.csg.gate.target_density < 1 / 10
 

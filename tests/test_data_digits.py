@@ -9,7 +9,7 @@ import pytest
 from csg_jax import data
 from csg_jax.data import dataset as dataset_lib
 from csg_jax.data import digits
-from csg_jax.data.config import SOURCES
+from csg_jax.data.sources import SOURCES
 from csg_jax.errors import CSGError
 
 
@@ -22,7 +22,8 @@ def test_every_source_config_has_the_same_fields():
 
 
 def test_unknown_source_is_a_csg_error():
-  with pytest.raises(CSGError, match="choose one of"):
+  with pytest.raises(CSGError, match="data.source is 'imagenet': set it to one of digits, folder, "
+                                     "tfds, voc_part_released"):
     data.default_config("imagenet")
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from csg_jax import data
 from csg_jax.data import folder
-from csg_jax.data import sources
+from csg_jax.data import load as load_lib
 from csg_jax.errors import CSGError
 
 _RNG = np.random.default_rng(0)
@@ -255,6 +255,7 @@ def test_default_config_trains_on_a_folder_of_rgb_images_without_statistics(tmp_
   used, and recorded in dataset.json; config.json keeps them empty, as given; load_run reads
   them back."""
   from conftest import small_config  # pylint: disable=g-import-not-at-top
+  from csg_jax import runs  # pylint: disable=g-import-not-at-top
   from csg_jax import training  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   for split, count in (("train", 8), ("test", 4)):
@@ -278,7 +279,8 @@ def test_default_config_trains_on_a_folder_of_rgb_images_without_statistics(tmp_
   # Restoring the run normalises with the recorded statistics, without measuring them again.
   def measure_again(*args, **kwargs):
     raise AssertionError("load_run measured the statistics again")
-  monkeypatch.setattr(sources, "channel_statistics", measure_again)
-  run = training.load_run(str(tmp_path / "w"))
-  np.testing.assert_allclose(run.config.data.mean, saved["mean"], atol=0)
-  np.testing.assert_allclose(run.config.data.std, saved["std"], atol=0)
+  monkeypatch.setattr(load_lib, "channel_statistics", measure_again)
+  run = runs.load_run(str(tmp_path / "w"))
+  np.testing.assert_allclose(run.dataset.statistics[0], saved["mean"], atol=0)
+  np.testing.assert_allclose(run.dataset.statistics[1], saved["std"], atol=0)
+  assert not len(run.config.data.mean)  # a property of the data set, not written into the config

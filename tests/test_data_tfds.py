@@ -92,6 +92,7 @@ def test_unprepared_data_set_without_download_names_it_and_the_command(tmp_path)
   assert not list(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.slow
 def test_unprepared_data_set_stops_the_run_before_the_workdir_exists(tmp_path):
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "launch", "train.py"), "--config",

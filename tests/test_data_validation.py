@@ -10,7 +10,7 @@ from csg_jax import config as config_lib
 from csg_jax import data
 from csg_jax.data import dataset as dataset_lib
 from csg_jax.errors import CSGError
-from csg_jax.training import run as run_lib
+from csg_jax import runs as run_lib
 from conftest import small_config
 
 

@@ -12,6 +12,8 @@ import pytest
 from conftest import REPO, small_config, tensorboard_events
 from csg_jax.evaluation import mis as mis_lib
 from csg_jax.evaluation import report as report_lib
+from csg_jax.experiments import compare
+from csg_jax.experiments import statistics
 from csg_jax import training
 
 
@@ -29,6 +31,7 @@ def test_mi_ceiling_is_the_largest_class_indicator_entropy():
   assert mis_lib.mi_ceiling(labels, 3) == np.float64(-2 * p * np.log(p))
 
 
+@pytest.mark.slow
 def test_report_and_comparison(straight_run, tmp_path):
   csg_dir, results = straight_run
   csg = report_lib.evaluate_workdir(csg_dir)
@@ -59,7 +62,7 @@ def test_report_and_comparison(straight_run, tmp_path):
   assert not any(t.startswith(("filters_per_class/", "gate/")) for t in scalars)
   std = report_lib.evaluate_workdir(std_dir)
   assert std.report["gate_density"] is None and "gate" not in std.report["figures"]
-  path = report_lib.write_comparison(str(tmp_path), {"std": std, "csg": csg})
+  path = compare.write_comparison(str(tmp_path), {"std": std, "csg": csg})
   text = open(path).read()
   assert "| training | accuracy | MIS | L1 density |" in text
   assert f"| CSG | {csg.report['accuracy']:.4f} | {csg.report['mis']:.4f} |" in text
@@ -67,6 +70,7 @@ def test_report_and_comparison(straight_run, tmp_path):
   assert _is_png(str(tmp_path / "compare.png"))
 
 
+@pytest.mark.slow
 def test_evaluate_launcher_on_a_missing_workdir(tmp_path):
   proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "evaluate.py"),
                          f"--workdir={tmp_path / 'nothing'}"], capture_output=True, text=True,
@@ -77,14 +81,14 @@ def test_evaluate_launcher_on_a_missing_workdir(tmp_path):
 
 def test_compare_statistics_match_hand_derived_numbers():
   # Differences [1, 2, 3]: mean 2, sd 1, t_{0.975, 2} = 4.302653, CI 2 ± 4.302653 / sqrt(3).
-  d = report_lib.paired_difference([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
+  d = statistics.paired_difference([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
   assert (d["n"], d["mean"], d["sd"]) == (3, 2.0, 1.0)
   np.testing.assert_allclose(d["t"], 4.302653, rtol=1e-6)
   np.testing.assert_allclose([d["low"], d["high"]], 2 + np.array([-1, 1]) * 4.302653 / 3**0.5,
                              rtol=1e-6)
-  np.testing.assert_allclose(report_lib.t_quantile(0.975, 4), 2.776445, rtol=1e-6)
-  assert report_lib.mean_sd([0.5]) == {"n": 1, "mean": 0.5, "sd": None}
-  one = report_lib.paired_difference([0.5], [0.25])
+  np.testing.assert_allclose(statistics.t_quantile(0.975, 4), 2.776445, rtol=1e-6)
+  assert statistics.mean_sd([0.5]) == {"n": 1, "mean": 0.5, "sd": None}
+  one = statistics.paired_difference([0.5], [0.25])
   assert one["mean"] == 0.25 and one["low"] is None and one["high"] is None
 
 
@@ -98,7 +102,7 @@ def test_compare_over_seeds_writes_rows_means_and_intervals(tmp_path):
   rows = {0: (0.90, 0.20, 0.91, 0.21), 1: (0.92, 0.20, 0.94, 0.22), 4: (0.94, 0.19, 0.97, 0.22)}
   reports = {s: {"std": _fake_report("std", s, a, m), "csg": _fake_report("csg", s, a2, m2)}
              for s, (a, m, a2, m2) in rows.items()}
-  path = report_lib.write_seed_comparison(str(tmp_path), reports)
+  path = statistics.write_seed_comparison(str(tmp_path), reports)
   summary = json.loads((tmp_path / "compare.json").read_text())
   assert summary["seeds"] == [0, 1, 4] and [r["seed"] for r in summary["runs"]] == [0, 1, 4]
   assert summary["runs"][2]["csg"] == {"accuracy": 0.97, "mis": 0.22, "gate_density": 0.1,

@@ -17,18 +17,17 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, small_config, tensorboard_events
-from csg_jax import training
 from csg_jax.data import augment
 from csg_jax.errors import CSGError
 from csg_jax.evaluation import explain
-from csg_jax.evaluation import report as report_lib
-from csg_jax.training import run as run_lib
+from csg_jax.evaluation import explain_report
+from csg_jax import runs as run_lib
 
 
 @pytest.fixture(scope="module")
 def csg(straight_run):
   """The shared small CSG run (ResNet-8 at width 4: K = 16, 2 x 2 maps), restored."""
-  return training.load_run(straight_run[0])
+  return run_lib.load_run(straight_run[0])
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,7 @@ def std_run(csg, tmp_path_factory):
 def _numpy_forward(run, images):
   """(feature map [N, h, w, K], pooled features [N, K], logits [N, C]) in float64 numpy, from
   the model's feature map and the head's variables."""
-  x = augment.normalize(images, run.config.data.mean, run.config.data.std)
+  x = augment.normalize(images, *run.dataset.statistics)
   variables = jax.device_get(run.state.variables())
   fmap = np.asarray(run.model.apply(variables, x, train=False)["feature_map"], np.float64)
   head = variables["params"]["head"]
@@ -130,7 +129,7 @@ def test_atlas_top_k_scales_and_purity_equal_brute_force(csg):
 
 
 def test_csg_explanations_name_gate_and_mi_classes(straight_run, csg, tmp_path):
-  written = report_lib.explain_workdir(straight_run[0], indices=[3], out=str(tmp_path),
+  written = explain_report.explain_workdir(straight_run[0], indices=[3], out=str(tmp_path),
                                        num_filters=3)
   assert sorted(os.listdir(tmp_path)) == ["explanations.json", "test_3.png"]
   data = json.loads((tmp_path / "explanations.json").read_text())
@@ -144,7 +143,7 @@ def test_csg_explanations_name_gate_and_mi_classes(straight_run, csg, tmp_path):
 
 
 def test_output_names_are_unique():
-  assert report_lib._output_names([3, 3], ["a/x.png", "b/x.jpg"]) == [
+  assert explain_report._output_names([3, 3], ["a/x.png", "b/x.jpg"]) == [
       "test_3", "test_3-2", "x", "x-2"]
 
 
@@ -152,11 +151,11 @@ def test_std_run_is_explained_without_a_gate(std_run, tmp_path):
   image_file = tmp_path / "photo.png"  # RGB, another size: made grey and 8 x 8 like digits
   Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 24, 3), np.uint8)).save(
       image_file)
-  written = report_lib.explain_workdir(std_run, indices=[5], files=[str(image_file)],
+  written = explain_report.explain_workdir(std_run, indices=[5], files=[str(image_file)],
                                        atlas=True, top_k=3, filters_per_page=16, num_filters=3)
-  assert training.load_run(std_run).state.host_gate() is None
+  assert run_lib.load_run(std_run).state.host_gate() is None
   with pytest.raises(CSGError, match="test-split index 360 is out of range"):
-    report_lib.explain_workdir(std_run, indices=[0, 360])  # no dataset.json: checked loaded
+    explain_report.explain_workdir(std_run, indices=[0, 360])  # no dataset.json: checked loaded
   out = os.path.join(std_run, "explain")
   assert written["out"] == out and written["atlas"]["pages"] == 1  # K = 16
   assert sorted(os.listdir(out)) == ["atlas.json", "atlas_1.png", "explanations.json",
@@ -244,6 +243,7 @@ def _explain(*args):
                         capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_launcher_bad_inputs_are_one_line(straight_run, tmp_path):
   workdir = straight_run[0]
   present = tmp_path / "present.png"

@@ -12,6 +12,8 @@ from conftest import REPO
 from csg_jax import cli
 from csg_jax.errors import CSGError
 
+pytestmark = pytest.mark.slow  # starts other processes
+
 
 COMMANDS = ("train", "evaluate", "compare", "applications", "build_shapes", "build_voc_part",
             "import_torch", "prepare_tfds", "explain")

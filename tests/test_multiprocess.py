@@ -8,9 +8,12 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import REPO
-from csg_jax import training
+from csg_jax import runs
+
+pytestmark = pytest.mark.slow  # starts other processes
 
 _ARGS = ["--config.model.name=resnet8", "--config.model.width=4", "--config.num_epochs=0.5",
          "--config.batch_size=64", "--config.log_every_steps=2",
@@ -60,8 +63,8 @@ def test_two_processes_match_one_process(tmp_path):
   np.testing.assert_allclose(res_one["mis"], res_two["mis"], rtol=1e-5)
 
   # The two-process checkpoint restores in the other layout, on 4 local devices of one process.
-  run_two = training.load_run(str(two), devices=jax.devices()[:4])
-  run_one = training.load_run(str(one), devices=jax.devices()[:4])
+  run_two = runs.load_run(str(two), devices=jax.devices()[:4])
+  run_one = runs.load_run(str(one), devices=jax.devices()[:4])
   assert run_two.step == run_one.step == 12
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                          jax.device_get(run_one.state.params), jax.device_get(run_two.state.params))

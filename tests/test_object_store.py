@@ -15,10 +15,13 @@ import pytest
 from conftest import small_config
 from csg_jax import data as data_lib
 from csg_jax import fileio
+from csg_jax import runs
 from csg_jax import training
 from csg_jax.errors import CSGError
 from csg_jax.evaluation import report
-from csg_jax.training import checkpoint as checkpoint_lib
+from csg_jax.runs import checkpoint as checkpoint_lib
+
+pytestmark = pytest.mark.slow  # a local object-store server, whole runs on it
 
 BUCKET = "csg-test"
 
@@ -132,7 +135,7 @@ def test_train_crash_resume_evaluate_on_s3(bucket, straight_run, monkeypatch):
   assert _stages() == stages_before  # local copies removed, after the crash too
 
   # The restored state is the uninterrupted run's, bit for bit.
-  a, b = training.load_run(straight_dir), training.load_run(workdir)
+  a, b = runs.load_run(straight_dir), runs.load_run(workdir)
   assert a.step == b.step == 23
   jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(a.state),
                          jax.device_get(b.state))

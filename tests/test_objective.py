@@ -19,7 +19,7 @@ from csg_jax import optimizer as optimizer_lib
 from csg_jax.config import base_config
 from csg_jax.plan import Plan
 from csg_jax.training import loop
-from csg_jax.training import state as state_lib
+from csg_jax.runs import state as state_lib
 
 LAMBDA1, LAMBDA2, DENSITY = 0.37, 0.3, 0.1
 

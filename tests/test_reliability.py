@@ -12,8 +12,9 @@ import pytest
 
 from conftest import small_config
 from csg_jax import data as data_lib
+from csg_jax import runs
 from csg_jax import training
-from csg_jax.training import workdir_lock
+from csg_jax.runs import lock as workdir_lock
 from csg_jax.errors import CSGError
 
 
@@ -32,7 +33,7 @@ def _interrupt_at(monkeypatch, step, action):
 
 
 def _assert_same_final_state(workdir_a, workdir_b):
-  a, b = training.load_run(workdir_a), training.load_run(workdir_b)
+  a, b = runs.load_run(workdir_a), runs.load_run(workdir_b)
   assert a.step == b.step
   jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(a.state),
                          jax.device_get(b.state))  # bit-identical on CPU
@@ -88,7 +89,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(straight_run, 
     with open(path, "r+b") as f:
       f.seek(os.path.getsize(path) // 2)
       f.write(b"\xff" * 16)
-  run = training.load_run(workdir)
+  run = runs.load_run(workdir)
   assert run.step == 20
   out = capsys.readouterr().out
   assert "checkpoint at step 23 is unusable" in out
@@ -117,7 +118,7 @@ def test_init_from_loads_weights_and_names_mismatches(straight_run, tmp_path):
   config = small_config(init_from=source, init_from_skip="^head/", num_epochs=0.05)
   workdir = str(tmp_path / "finetune")
   training.train_and_evaluate(config, workdir)
-  tuned, base = training.load_run(workdir), training.load_run(source)
+  tuned, base = runs.load_run(workdir), runs.load_run(source)
   assert tuned.step == 2  # ceil(0.05 * 1437 / 64)
   # After 2 steps the trunk is still near the source weights, far from a fresh initialisation.
   src = np.asarray(base.state.params["backbone"]["stem_conv"]["kernel"])

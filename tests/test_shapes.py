@@ -94,6 +94,7 @@ def tiny_runs(tmp_path_factory):
   return runs
 
 
+@pytest.mark.slow
 def test_applications_end_to_end(tiny_runs, tmp_path):
   cfg = applications.app_config()
   cfg.localization.batch_size = 8
@@ -142,6 +143,7 @@ def test_few_samples_warning_names_the_smallest_count():
   assert "as few as 9 " in applications.few_samples_warning({"a": det(9, 30)})
 
 
+@pytest.mark.slow
 def test_applications_cli_error_is_one_line(tmp_path):
   def run(*args):
     return subprocess.run([sys.executable, os.path.join(REPO, "launch", "applications.py"),

@@ -22,10 +22,9 @@ from safetensors.numpy import load_file, save_file
 from conftest import REPO, small_config
 from csg_jax import models
 from csg_jax import torch_import
-from csg_jax import training
 from csg_jax.errors import CSGError
-from csg_jax.training import run as run_lib
-from csg_jax.training import state as state_lib
+from csg_jax import runs as run_lib
+from csg_jax.runs import state as state_lib
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
 PLAIN18, PLAIN50 = "resnet18_w8", "resnet50_w4"
@@ -181,6 +180,7 @@ def _six_class_folder(root) -> None:
       Image.fromarray(rng.integers(0, 256, (16, 16, 3), np.uint8)).save(root / split / c / "a.png")
 
 
+@pytest.mark.slow
 def test_launcher_writes_a_run_that_load_run_and_init_from_read(tmp_path):
   _six_class_folder(tmp_path / "voc")
   workdir = str(tmp_path / "authors")
@@ -192,7 +192,7 @@ def test_launcher_writes_a_run_that_load_run_and_init_from_read(tmp_path):
   assert "imported" in proc.stdout and "csg resnet50 (width 2" in proc.stdout
 
   # Evaluation's entry point: the config of the authors' procedure, their weights at step 0.
-  run = training.load_run(workdir)
+  run = run_lib.load_run(workdir)
   _, variables = _load(AUTHORS)
   assert (run.step, run.config.method, run.config.model.width) == (0, "csg", 2)
   assert run.config.csg.schedule == "alternate" and run.config.model.pytorch_padding
@@ -204,7 +204,7 @@ def test_launcher_writes_a_run_that_load_run_and_init_from_read(tmp_path):
   # its shape differs, the RGB stem summed over its input channels.
   config = small_config(init_from=workdir, init_from_skip="^head/")
   config.model.name, config.model.width = "resnet50", 2
-  setup = training.build(config)
+  setup = run_lib.build(config)
   loaded = state_lib.load_init_from(workdir, config.init_from_skip, setup.abstract_state())
   params = loaded["params"]
   assert "gates" not in loaded and not any(k.startswith("head/") for k in params)
@@ -218,6 +218,7 @@ def test_launcher_writes_a_run_that_load_run_and_init_from_read(tmp_path):
     run_lib.check_new_workdir(workdir)
 
 
+@pytest.mark.slow
 def test_launcher_bad_file_is_one_line_and_writes_nothing(tmp_path):
   (tmp_path / "bad.pth").write_bytes(b"not a checkpoint at all")
   proc = _import(f"--weights={tmp_path / 'bad.pth'}", f"--workdir={tmp_path / 'w'}",

@@ -8,24 +8,26 @@ import jax
 import numpy as np
 import pytest
 
+from csg_jax import runs
 from csg_jax import training
 from csg_jax.training import loop
-from csg_jax.training import parallel
+from csg_jax import sharding
 from conftest import small_config, tensorboard_events
 
 
 def _one_step(config, devices, batch):
-  setup = training.build(config, devices=devices)
-  state = jax.jit(lambda r: training.create_train_state(setup.model, setup.optimizers, (8, 8, 1),
+  setup = runs.build(config, devices=devices)
+  state = jax.jit(lambda r: runs.create_train_state(setup.model, setup.optimizers, (8, 8, 1),
                                                         r),
-                  out_shardings=parallel.replicated(setup.mesh))(setup.rng)
+                  out_shardings=sharding.replicated(setup.mesh))(setup.rng)
   train_fns = loop.make_train_steps(setup)
   assert set(train_fns) == {"joint"}
   state, metrics = train_fns["joint"](state, jax.device_put(batch,
-                                                            parallel.batch_sharding(setup.mesh)))
+                                                            sharding.batch_sharding(setup.mesh)))
   return jax.device_get(state), jax.device_get(metrics)
 
 
+@pytest.mark.slow
 def test_step_on_8_devices_equals_step_on_1_device():
   assert len(jax.devices()) == 8
   config = small_config()
@@ -43,6 +45,7 @@ def test_step_on_8_devices_equals_step_on_1_device():
   np.testing.assert_array_equal(gate.max(axis=0), 1.0)
 
 
+@pytest.mark.slow
 def test_alternate_schedule_switches_objectives_by_epoch(tmp_path):
   """The released procedure on a tiny model: STD epochs leave G alone, CSG epochs move it."""
   config = small_config(num_epochs=3.0, log_every_steps=1, checkpoint_every_steps=0)
@@ -68,7 +71,7 @@ def test_alternate_schedule_switches_objectives_by_epoch(tmp_path):
   assert densities[0] > 0.95
   assert densities[-1] < densities[0] - 0.05
   assert all("gate_density" not in r for r in rows if r["split"] == "train_std")
-  gate = np.asarray(training.load_run(str(tmp_path)).state.gate_matrix())
+  gate = np.asarray(runs.load_run(str(tmp_path)).state.gate_matrix())
   np.testing.assert_array_equal(gate.max(axis=0), 1.0)  # projected after every CSG step
 
   # milestone_epochs count each optimiser's own epochs. STD: epochs 0 and 2; its 1st milestone

@@ -10,17 +10,25 @@ import os
 import re
 import sys
 import tempfile
-from typing import Callable, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
-import csg_jax
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+# The module itself: ml_collections 1.1's package no longer re-exports ConfigFileFlagParser.
+from ml_collections.config_flags import config_flags as config_flags_module
+
+from csg_jax import config as config_lib
+from csg_jax import fileio
+from csg_jax.config import files as config_files
 from csg_jax.errors import CSGError
 
-# configs/ sits next to the csg_jax package, in a checkout and in an editable install alike.
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(csg_jax.__file__))),
-                              "configs", "default.py")
+DEFAULT_CONFIG = config_files.DEFAULT_CONFIG  # csg_jax/configs/default.py, in every install
 
 # Where the fields of each config-valued flag are defined, for the "no such field" message.
-_FIELDS_DEFINED_IN = {"config": "csg_jax/config.py and csg_jax/data/config.py",
+_FIELDS_DEFINED_IN = {"config": "csg_jax/config/schema.py and csg_jax/data/config.py, or "
+                                "--show_config",
                       "app": "app_config() of csg_jax/evaluation/applications.py"}
 # --config.csg.gate.init=0.5 -> ("config", "csg.gate.init")
 _OVERRIDE = re.compile(r"^--?(\w+)\.([\w.]+)")
@@ -28,15 +36,15 @@ _OVERRIDE = re.compile(r"^--?(\w+)\.([\w.]+)")
 
 def define_config_flag(default_path: str = DEFAULT_CONFIG):
   """--config: a config file whose fields --config.<field>=<value> overrides."""
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   # config_flags reads the overrides while the flag is defined: a bad one must be one line too.
   with config_errors():
     return config_flags.DEFINE_config_file(
-        "config", default_path, "Config file; override any field with --config.<field>=<value>.",
-        lock_config=True)
+        "config", default_path, "Config file, or the name of a shipped config ("
+        + ", ".join(config_files.shipped()) + "); override any field with "
+        "--config.<field>=<value>.", lock_config=True)
 
 
-def _first_line(error: BaseException) -> str:
+def _config_error_text(error: BaseException) -> str:
   """The informative part of ml_collections' multi-line loading errors."""
   lines = [l.strip() for l in str(error).splitlines() if l.strip()]
   detail = next((l for l in lines if "Errno" in l or "Error" in l), lines[-1] if lines else "")
@@ -44,7 +52,7 @@ def _first_line(error: BaseException) -> str:
   return f"{path}: {detail}" if path and path not in detail else detail or type(error).__name__
 
 
-def _missing_field(error: BaseException) -> Tuple[str, str, str]:
+def _missing_field(error: BaseException) -> tuple[str, str, str]:
   """(flag, field, hint) of an override naming no field.
 
   ml_collections raises an AttributeError around a KeyError whose text is the quoted last part
@@ -74,7 +82,6 @@ def config_errors():
   except (AttributeError, KeyError) as e:
     flag, field, hint = _missing_field(e)
     if flag == "config":
-      from csg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
       renamed = config_lib.renamed_field_message(field)
       if renamed:
         _fail(f"there is no config field named {field!r}{renamed}")
@@ -84,7 +91,7 @@ def config_errors():
     _fail(f"there is no {flag} field named {field!r} (check the --{flag}.<field> overrides; "
           f"{where})")
   except (OSError, TypeError, ValueError, SyntaxError, ImportError, CSGError) as e:
-    _fail(f"cannot load the config: {_first_line(e)}")
+    _fail(f"cannot load the config: {_config_error_text(e)}")
 
 
 @contextlib.contextmanager
@@ -96,12 +103,42 @@ def user_errors():
     _fail(str(e))
 
 
-def parse_flags(argv: Sequence[str]) -> List[str]:
+_CONFIG_FLAG = re.compile(r"^--?config(=|$)")
+
+
+def _config_path(value: str) -> str:
+  """The file `--config value` names: a path, or a shipped config's name (CSGError if neither;
+  a value with ':' passes a string to the file's get_config and is left to the loader)."""
+  path = config_files.resolve(value)
+  if ":" not in value and not os.path.isfile(path):
+    raise CSGError(f"--config {value}: no such file, and no shipped config of that name "
+                   f"(shipped: {', '.join(config_files.shipped())})")
+  return path
+
+
+def resolve_config_names(argv: Sequence[str]) -> list[str]:
+  """`--config NAME` / `--config=NAME` with the name of a shipped config -> its file's path; a
+  path stays as given; anything else is a CSGError naming the shipped configs."""
+  out, expect_value = [], False
+  for arg in argv:
+    if expect_value:
+      out.append(_config_path(arg))
+      expect_value = False
+      continue
+    match = _CONFIG_FLAG.match(arg)
+    if match and match.group(1) == "=":
+      out.append(f"{arg[:match.end()]}{_config_path(arg[match.end():])}")
+      continue
+    expect_value = bool(match)
+    out.append(arg)
+  return out
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl's flag parsing, with config and flag errors as one line and exit status 2."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   with config_errors():
     try:
-      return flags.FLAGS(argv)
+      return flags.FLAGS(resolve_config_names(argv))
     except flags.Error as e:
       _fail(f"{e} (see --helpfull)")
     except SystemExit as e:
@@ -113,7 +150,6 @@ def parse_flags(argv: Sequence[str]) -> List[str]:
 def start(argv: Sequence[str], config_flag=None):
   """What every main does first: refuses stray arguments, keeps library INFO logs out of the
   progress output, and returns the loaded config of `config_flag` (None without one)."""
-  from absl import logging  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value; see "
           "--help)")
@@ -126,15 +162,13 @@ def start(argv: Sequence[str], config_flag=None):
   return config
 
 
-def run(main: Callable[[List[str]], None]) -> None:
+def run(main: Callable[[list[str]], None]) -> None:
   """absl.app.run(main) with parse_flags; --help shows the command's docstring and flags.
 
   absl's help describes the __main__ module, which is a shim or console script here: the command
   module's flags (and --config, defined in this module) become its key flags, and its docstring
   the usage text.
   """
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
   command = main.__module__
   if command != "__main__":
     for module in (command, __name__):
@@ -147,13 +181,9 @@ def run(main: Callable[[List[str]], None]) -> None:
 def default_workdir(config, config_flag_name: str = "config") -> str:
   """workdirs/<dataset>_<model>_<method>[-<field>=<value>...]: the overrides that differ from
   the config file's values name the run, so a changed command never resumes another run."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  # The module itself: ml_collections 1.1's package no longer re-exports ConfigFileFlagParser.
-  from ml_collections.config_flags import config_flags  # pylint: disable=g-import-not-at-top
-  from csg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   flag = flags.FLAGS[config_flag_name]
   with config_errors():
-    defaults = config_flags.ConfigFileFlagParser(name=config_flag_name).parse(
+    defaults = config_flags_module.ConfigFileFlagParser(name=config_flag_name).parse(
         config_flags.get_config_filename(flag))
   return os.path.join("workdirs", config_lib.run_name(config, defaults))
 
@@ -161,9 +191,6 @@ def default_workdir(config, config_flag_name: str = "config") -> str:
 def check_overrides_are_read(config, config_flag_name: str = "config") -> None:
   """An override the run never reads (--config.data.name=cifar100 with data.source 'digits')
   stops the run with one line, instead of training something the user did not ask for."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from csg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   overrides = config_flags.get_override_values(flags.FLAGS[config_flag_name])
   unread = config_lib.unread_fields(config, sorted(overrides))
   if unread:
@@ -177,7 +204,6 @@ def check_workdir(workdir: str) -> None:
 
   Creates nothing: a run that then stops on its data (or anything else) leaves no empty workdir.
   """
-  from csg_jax import fileio  # pylint: disable=g-import-not-at-top
   if fileio.is_remote(workdir):
     probe = fileio.join(workdir, ".write-test")
     fileio.write_text_atomic(probe, "")  # a missing client, bucket or credential: one line
@@ -199,7 +225,7 @@ def check_workdir(workdir: str) -> None:
                    "can write to") from None
 
 
-def parse_seeds(text: str) -> Optional[Tuple[int, ...]]:
+def parse_seeds(text: str) -> tuple[int, ...] | None:
   """The seeds of `--seeds 0,1,2` (None for an empty value: one run per method, config.seed).
 
   Parsed before the heavy imports, so a mistyped value fails at once.
@@ -216,8 +242,9 @@ def parse_seeds(text: str) -> Optional[Tuple[int, ...]]:
   return seeds
 
 
-def print_summary(results, workdir: str) -> None:
-  """The closing line of a training run."""
-  from csg_jax.log import log  # pylint: disable=g-import-not-at-top
-  from csg_jax.training import loop  # pylint: disable=g-import-not-at-top
-  log(loop.summary_line(results, workdir))
+def print_text(text: str) -> None:
+  """Prints to stdout; a reader that stops early (`| head`) ends the output quietly."""
+  try:
+    print(text, flush=True)
+  except BrokenPipeError:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit

@@ -12,6 +12,8 @@ import time
 from absl import flags
 
 from csg_jax import cli
+from csg_jax.data import shapes
+from csg_jax.log import log
 
 _ROOT = flags.DEFINE_string("root", None, "Output folder (the data.path of training).",
                             required=True)
@@ -25,8 +27,6 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace other content at --r
 def main(argv):
   cli.start(argv)
   with cli.user_errors():
-    from csg_jax.data import shapes  # pylint: disable=g-import-not-at-top
-    from csg_jax.log import log  # pylint: disable=g-import-not-at-top
     start = time.perf_counter()
     meta = shapes.write_shapes_dataset(_ROOT.value, num_train=_NUM_TRAIN.value,
                                        num_test=_NUM_TEST.value, image_size=_IMAGE_SIZE.value,

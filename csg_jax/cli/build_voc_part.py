@@ -13,7 +13,9 @@ From a checkout without `pip install -e .`: python launch/build_voc_part.py ...
 from absl import flags
 
 from csg_jax import cli
+from csg_jax.data import voc_part
 from csg_jax.errors import CSGError
+from csg_jax.log import log
 
 _VOC_ROOT = flags.DEFINE_string("voc_root", None, "VOC 2010 folder holding JPEGImages/ (and "
                                 "ImageSets/Main/trainval.txt for the released split).")
@@ -34,8 +36,6 @@ def main(argv):
     if missing:
       raise CSGError(f"{', '.join(missing)} not given: pass the VOC 2010 folder, the Pascal-Part "
                      "Annotations_Part folder and an output folder")
-    from csg_jax.data import voc_part  # pylint: disable=g-import-not-at-top
-    from csg_jax.log import log  # pylint: disable=g-import-not-at-top
     meta = voc_part.build_voc_part(_VOC_ROOT.value, _ANNOTATIONS.value, _OUT.value,
                                    size=_SIZE.value, seed=_SEED.value, overwrite=_OVERWRITE.value)
   for split, counts in meta["counts"].items():

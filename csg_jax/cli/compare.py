@@ -15,6 +15,7 @@ From a checkout without `pip install -e .`: python launch/compare.py ...
 from absl import flags
 
 from csg_jax import cli
+from csg_jax import config as config_lib
 
 _CONFIG = cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/compare",
@@ -27,15 +28,14 @@ def main(argv):
   config = cli.start(argv, _CONFIG)
   with cli.user_errors():
     seeds = cli.parse_seeds(_SEEDS.value)
-    from csg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-    from csg_jax.evaluation import report  # pylint: disable=g-import-not-at-top
+    from csg_jax.experiments import compare  # pylint: disable=g-import-not-at-top  (JAX)
     config_lib.validate(config)  # a bad value stops the run before the workdir is created
     csg = config.copy_and_resolve_references()
     csg.unlock()
     csg.method = "csg"  # the CSG run reads every field the STD run does, and the gate's
     cli.check_overrides_are_read(csg)
     cli.check_workdir(_WORKDIR.value)
-    report.train_and_compare(config, _WORKDIR.value, seeds)
+    compare.train_and_compare(config, _WORKDIR.value, seeds)
 
 
 def run():

@@ -13,6 +13,7 @@ from absl import flags
 
 from csg_jax import cli
 from csg_jax.errors import CSGError
+from csg_jax.log import log
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by csg-train.", required=True)
 _SPLIT = flags.DEFINE_string("split", "test", "Which split to evaluate: test, train, or val (runs "
@@ -24,8 +25,7 @@ def main(argv):
   with cli.user_errors():
     if _SPLIT.value not in ("test", "train", "val"):
       raise CSGError(f"--split={_SPLIT.value!r}: use test, train or val")
-    from csg_jax.evaluation import report  # pylint: disable=g-import-not-at-top
-    from csg_jax.log import log  # pylint: disable=g-import-not-at-top
+    from csg_jax.evaluation import report  # pylint: disable=g-import-not-at-top  (JAX)
     r = report.evaluate_workdir(_WORKDIR.value, split=_SPLIT.value).report
   density = "n/a" if r["gate_density"] is None else f"{r['gate_density']:.4f}"
   log(f"{r['method']} {r['model']} on {r['dataset']} (step {r['step']}, {r['split']} split, "

@@ -17,7 +17,9 @@ than the checkpoint. From a checkout without `pip install -e .`: python launch/e
 from absl import flags
 
 from csg_jax import cli
+from csg_jax import fileio
 from csg_jax.errors import CSGError
+from csg_jax.log import log
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by csg-train.", required=True)
 _INDICES = flags.DEFINE_list("indices", [], "Test-split images to explain, by index: 0,1,2.")
@@ -43,7 +45,6 @@ def _indices(values) -> list:
 def _refuse_early(workdir: str, indices) -> None:
   """What the workdir's own files refuse (no checkpoint; an index past the test split's size in
   dataset.json), before the seconds of loading JAX and the run; loading checks them again."""
-  from csg_jax import fileio  # pylint: disable=g-import-not-at-top
   if not fileio.exists(fileio.join(workdir, "config.json")):
     return  # not a workdir: loading it says so
   if not any(d.isdigit() for d in fileio.listdir(fileio.join(workdir, "checkpoints"))):
@@ -72,14 +73,12 @@ def main(argv):
                        ("num_filters", _NUM_FILTERS)):
       if flag.value < 1:
         raise CSGError(f"--{name}={flag.value}: use a positive integer")
-    from csg_jax import fileio  # pylint: disable=g-import-not-at-top
     for path in files:  # before the seconds of loading JAX and the run
       if not fileio.exists(path):
         raise CSGError(f"image file {path!r} does not exist")
     _refuse_early(_WORKDIR.value, indices)
-    from csg_jax.evaluation import report  # pylint: disable=g-import-not-at-top
-    from csg_jax.log import log  # pylint: disable=g-import-not-at-top
-    written = report.explain_workdir(
+    from csg_jax.evaluation import explain_report  # pylint: disable=g-import-not-at-top  (JAX)
+    written = explain_report.explain_workdir(
         _WORKDIR.value, indices=indices, files=files, atlas=_ATLAS.value, out=_OUT.value,
         top_k=_TOP_K.value, filters_per_page=_FILTERS_PER_PAGE.value,
         num_filters=_NUM_FILTERS.value)

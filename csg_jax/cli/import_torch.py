@@ -22,7 +22,9 @@ From a checkout without `pip install -e .`: python launch/import_torch.py ...
 from absl import flags
 
 from csg_jax import cli
+from csg_jax import config as config_lib
 from csg_jax.errors import CSGError
+from csg_jax.log import log
 
 _CONFIG = cli.define_config_flag()
 _WEIGHTS = flags.DEFINE_string("weights", None, "The PyTorch file: .pth/.pt (torch.save) or "
@@ -35,12 +37,10 @@ def main(argv):
   config = cli.start(argv, _CONFIG)
   with cli.user_errors():
     # Imported here so that --help and flag errors answer without loading JAX.
-    from csg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+    from csg_jax import runs  # pylint: disable=g-import-not-at-top
     from csg_jax import torch_import  # pylint: disable=g-import-not-at-top
-    from csg_jax.log import log  # pylint: disable=g-import-not-at-top
-    from csg_jax.training import run as run_lib  # pylint: disable=g-import-not-at-top
     workdir = _WORKDIR.value
-    run_lib.check_new_workdir(workdir)
+    runs.check_new_workdir(workdir)
     if not config.model.pytorch_padding:
       raise CSGError("config.model.pytorch_padding is False: PyTorch weights need PyTorch's "
                      "padding to give their logits (leave it at True)")
@@ -54,7 +54,7 @@ def main(argv):
     config.method = "csg" if model.use_gate else "std"
     config_lib.validate(config)
     cli.check_workdir(workdir)
-    run_lib.save_as_run(config, variables, workdir)
+    runs.save_as_run(config, variables, workdir)
   log(f"imported {_WEIGHTS.value} as {config.method} {config.model.name} (width {width}, "
       f"{model.num_classes} classes, K = {model.num_filters}) into {workdir}; fine-tune with "
       f"--config.init_from={workdir} (--config.init_from_skip='^head/' for a new head)")

@@ -14,6 +14,8 @@ import time
 from absl import flags
 
 from csg_jax import cli
+from csg_jax.data import tfds_source
+from csg_jax.log import log
 
 _NAME = flags.DEFINE_string("name", None, "TFDS data set name (data.name), e.g. cifar10.",
                             required=True)
@@ -24,8 +26,6 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Where to write it (data.data_
 def main(argv):
   cli.start(argv)
   with cli.user_errors():
-    from csg_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
-    from csg_jax.log import log  # pylint: disable=g-import-not-at-top
     start = time.perf_counter()
     builder = tfds_source.open_builder(_NAME.value, _DATA_DIR.value)
     tfds_source.prepare(builder, _NAME.value)

@@ -1,7 +1,8 @@
 r"""Trains a CSG (or STD) model and evaluates it.
 
   csg-train                                     # the default: digits, CSG, CPU-friendly
-  csg-train --config configs/cifar10_resnet20.py --config.num_epochs=2 --workdir W
+  csg-train --config cifar10_resnet20 --config.num_epochs=2 --workdir W   # a shipped config
+  csg-train --config my_config.py ...                                     # or a config file
   csg-train --show_config --config.csg.gate.target_density=0.05   # every field, its comment
 
 Several processes (hand-launched; TPU pods and SLURM jobs are found automatically):
@@ -13,6 +14,8 @@ From a checkout without `pip install -e .`: python launch/train.py ...
 from absl import flags
 
 from csg_jax import cli
+from csg_jax import config as config_lib
+from csg_jax.log import log
 
 _CONFIG = cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string(
@@ -31,21 +34,20 @@ _SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print every config field
 def main(argv):
   config = cli.start(argv, _CONFIG)
   if _SHOW_CONFIG.value:
-    from csg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-    print(config_lib.describe(config))
+    cli.print_text(config_lib.describe(config))
     return
   with cli.user_errors():
-    # Imported here so that --help and flag errors answer without loading the training stack.
+    # Imported here so that --help and flag errors answer without loading JAX.
+    from csg_jax import runs  # pylint: disable=g-import-not-at-top
+    from csg_jax import sharding  # pylint: disable=g-import-not-at-top
     from csg_jax import training  # pylint: disable=g-import-not-at-top
-    from csg_jax.training import parallel  # pylint: disable=g-import-not-at-top
-    from csg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
     workdir = _WORKDIR.value or cli.default_workdir(config)
     config_lib.validate(config)  # a bad value stops the run before the workdir is created
     cli.check_overrides_are_read(config)
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     cli.check_workdir(workdir)
     results = training.train_and_evaluate(config, workdir)
-  cli.print_summary(results, workdir)
+  log(runs.summary_line(results, workdir))
 
 
 def run():

@@ -1,23 +1,64 @@
-"""The `config.data` sub-config: defaults per source and validation."""
+"""The `config.data` sub-config: every data field with its default and comment, and its
+validation (the per-source parts from the source's entry in sources.SOURCES)."""
 
 from __future__ import annotations
 
 import numbers
-import os
 from collections.abc import Sequence
 
 import ml_collections
 from ml_collections import config_dict
 
+from csg_jax.data import sources
 from csg_jax.errors import CSGError
 
-SOURCES = ("digits", "folder", "tfds", "voc_part_released")
-TAR_EXTENSIONS = (".tar.gz", ".tgz", ".tar")  # Archives the folder source reads.
+class Unset:
+  """The default of a field with no value: a typed placeholder (`config_dict.placeholder`)."""
 
-# Per-channel statistics of the training images, on the 0..1 scale.
-DIGITS_MEAN, DIGITS_STD = (0.3054,), (0.3760,)
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  def __init__(self, kind: type):
+    self.kind = kind
+
+
+# (field, default, comment): every data field. A source's own values of these defaults, and the
+# fields only some sources read, are in its entry of sources.SOURCES.
+FIELDS = (
+    ("source", "digits",
+     "Where examples come from: " + ", ".join(repr(s) for s in sources.SOURCES) + "."),
+    ("path", Unset(str),
+     "(folder) A folder or tarball of <split>/<class>/*.jpg; (voc_part_released) processed/'s "
+     "parent."),
+    ("name", "cifar10", "(tfds) TFDS data set name, e.g. 'cifar10' or 'imagenet2012'."),
+    ("data_dir", Unset(str), "(tfds) Local or gs:// data dir; None: TFDS default."),
+    ("download", True, "(tfds) Let TFDS download and prepare the data set when data_dir lacks it."),
+    ("train_split", "train", "(folder, tfds) Split (sub-folder or TFDS split) used for training."),
+    ("test_split", "test", "(folder, tfds) Split (sub-folder or TFDS split) used for evaluation."),
+    ("test_fraction", 0.2, "(digits) Fraction held out, stratified, with a fixed seed, as 'test'."),
+    ("validation_fraction", 0.0,
+     "Share of each train class held out (seed: config.seed) as 'val', evaluated in training; "
+     "0: none."),
+    ("cache_dir", "~/.cache/csg_jax",
+     "(folder, voc_part_released; tfds on gs:// or s3://) Local cache, keyed by content."),
+    ("decode_workers", 0, "(folder) Decoding processes; 0: one per CPU core, 1: in-process."),
+    ("skip_corrupt", False,
+     "(folder) Skip unreadable images (and report them) instead of failing."),
+    ("image_size", Unset(int), "Square side images are resized to; None: keep."),
+    ("num_classes", Unset(int), "If set, the data must have this many classes."),
+    ("crop_padding", 4, "Train: random crop after zero-padding by this many px."),
+    ("flip", True, "Train: random horizontal flip (False for digits: a flipped digit is wrong)."),
+    ("random_resized_crop", False, "Train: ImageNet-style random-resized crop (no crop_padding)."),
+    ("rrc_scale", (0.08, 1.0), "Random-resized crop: range of the crop's area fraction."),
+    ("rrc_ratio", (3 / 4, 4 / 3), "Random-resized crop: range of the crop's aspect ratio (w/h)."),
+    ("mean", (),
+     "Per-channel mean (0..1) to subtract; empty: the data set's own (the source's known values, "
+     "else measured on the training split, up to 10 000 images; dataset.json records them)."),
+    ("std", (), "Per-channel std (0..1) to divide by; empty: the data set's own (see mean)."),
+    ("prefetch", 2, "Batches a background thread prepares ahead; 0: none."),
+)
+
+
+def field_comments() -> dict[str, str]:
+  """{field: its one-line comment} of every data field."""
+  return {name: comment for name, _, comment in FIELDS}
 
 
 def default_config(source: str = "digits") -> ml_collections.ConfigDict:
@@ -26,56 +67,26 @@ def default_config(source: str = "digits") -> ml_collections.ConfigDict:
   All sources share one set of fields so that `--config.data.source=...` can switch between them
   on the command line; fields a source does not use are ignored by it.
   """
-  if source not in SOURCES:
-    raise CSGError(f"Unknown data source {source!r}: choose one of {', '.join(SOURCES)}.")
-  cifar_like = source != "digits"
+  entry = sources.get(source)
   c = ml_collections.ConfigDict()
-  # Where examples come from: 'digits' (bundled), 'folder', 'tfds' or 'voc_part_released'.
+  for name, default, _ in FIELDS:
+    default = entry.defaults.get(name, default)
+    c[name] = config_dict.placeholder(default.kind) if isinstance(default, Unset) else default
   c.source = source
-  # (folder) A folder or tarball of <split>/<class>/*.jpg; (voc_part_released) processed/'s parent.
-  c.path = config_dict.placeholder(str)
-  c.name = "cifar10"  # (tfds) TFDS data set name, e.g. 'cifar10' or 'imagenet2012'.
-  c.data_dir = config_dict.placeholder(str)  # (tfds) Local or gs:// data dir; None: TFDS default.
-  c.download = True  # (tfds) Let TFDS download and prepare the data set when data_dir lacks it.
-  c.train_split = "train"  # (folder, tfds) Split (sub-folder or TFDS split) used for training.
-  c.test_split = "test"  # (folder, tfds) Split (sub-folder or TFDS split) used for evaluation.
-  c.test_fraction = 0.2  # (digits) Fraction held out, stratified, with a fixed seed, as 'test'.
-  # Share of each train class held out (seed: config.seed) as 'val', evaluated in training; 0: none.
-  c.validation_fraction = 0.0
-  # (folder, voc_part_released; tfds on gs:// or s3://) Local cache, keyed by content.
-  c.cache_dir = "~/.cache/csg_jax"
-  c.decode_workers = 0  # (folder) Decoding processes; 0: one per CPU core, 1: in-process.
-  c.skip_corrupt = False  # (folder) Skip unreadable images (and report them) instead of failing.
-  c.image_size = config_dict.placeholder(int)  # Square side images are resized to; None: keep.
-  c.num_classes = config_dict.placeholder(int)  # If set, the data must have this many classes.
-  c.crop_padding = 4 if cifar_like else 0  # Train: random crop after zero-padding by this many px.
-  c.flip = cifar_like  # Train: random horizontal flip (False for digits: a flipped digit is wrong).
-  c.random_resized_crop = False  # Train: ImageNet-style random-resized crop (no crop_padding).
-  c.rrc_scale = (0.08, 1.0)  # Random-resized crop: range of the crop's area fraction.
-  c.rrc_ratio = (3 / 4, 4 / 3)  # Random-resized crop: range of the crop's aspect ratio (w/h).
-  c.mean = ()  # Per-channel mean (0..1) to subtract; empty: the data set's own (see below).
-  # Empty mean and std: digits' known values, else measured on the training split (up to 10 000
-  # images) when the data set loads; dataset.json records what a run used.
-  c.std = ()  # Per-channel std (0..1) to divide by; empty: the data set's own (see above).
-  c.prefetch = 2  # Batches a background thread prepares ahead; 0: none.
-  if source == "voc_part_released":  # The released transforms (VOCPart.py): pad 128/8, ImageNet.
-    c.crop_padding, c.mean, c.std = 16, IMAGENET_MEAN, IMAGENET_STD
   return c
 
 
 def validate_config(cfg: ml_collections.ConfigDict) -> None:
   """Raises CSGError naming the first bad field of a data config and how to fix it."""
-  source = cfg.get("source")
-  if source not in SOURCES:
-    raise CSGError(f"data.source is {source!r}: set it to one of {', '.join(SOURCES)}.")
-  known = set(default_config(source).keys())
+  source = sources.get(cfg.get("source"))
+  known = set(default_config(source.name).keys())
   given = set(cfg.keys())
   if unknown := sorted(given - known):
     raise CSGError(f"Unknown data config field(s) {unknown} (a typo?); known fields: "
                    f"{sorted(known)}.")
   if missing := sorted(known - given):
     raise CSGError(f"data config lacks field(s) {missing}; start from "
-                   f"csg_jax.data.default_config({source!r}).")
+                   f"csg_jax.data.default_config({source.name!r}).")
 
   for field in ("flip", "random_resized_crop", "skip_corrupt", "download"):
     if not isinstance(cfg[field], bool):
@@ -117,25 +128,8 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     if not 0 < lo <= hi:
       raise CSGError(f"data.rrc_ratio is {(lo, hi)}: need 0 < low <= high.")
 
-  if source == "voc_part_released":
-    if not cfg.path or not os.path.isdir(os.path.expanduser(cfg.path)):
-      raise CSGError(f"data.path is {cfg.path!r}: set --config.data.path to the folder holding "
-                     "processed/ of the authors' preprocessed VOC Part (preprocessed_VOC_Part/).")
-  if source == "folder":
-    if not cfg.path:
-      raise CSGError("data.path is not set: set --config.data.path to a folder or .tar.gz holding "
-                     "train/<class>/*.jpg and test/<class>/*.jpg.")
-    path = os.path.expanduser(cfg.path)
-    if not os.path.exists(path):
-      raise CSGError(f"data.path {cfg.path!r} does not exist: point it at a folder or tarball "
-                     "of images (train/<class>/*.jpg, test/<class>/*.jpg).")
-    if not os.path.isdir(path) and not is_tarball(path):
-      raise CSGError(f"data.path {cfg.path!r} is neither a folder nor a .tar/.tar.gz/.tgz file.")
-
-
-def is_tarball(path: str) -> bool:
-  """Whether `path` names a tar archive this package reads (by its extension)."""
-  return path.lower().endswith(TAR_EXTENSIONS)
+  if source.check is not None:
+    source.check(cfg)
 
 
 def _check_int(cfg, field: str, minimum: int) -> None:

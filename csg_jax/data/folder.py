@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from csg_jax.data import cache
-from csg_jax.data.config import TAR_EXTENSIONS, is_tarball
+from csg_jax.data.sources import TAR_EXTENSIONS, is_tarball
 from csg_jax.data.dataset import ArraySplit, CacheInfo, Dataset, resize_image
 from csg_jax import fileio
 from csg_jax.errors import CSGError
@@ -84,6 +84,17 @@ def load(cfg) -> Dataset:
   return Dataset(name=name, class_names=tuple(meta["class_names"]),
                  image_shape=tuple(meta["image_shape"]), splits=splits, skipped=skipped,
                  cache=CacheInfo(path=directory, built=built, seconds=seconds))
+
+
+def object_masks_path(cfg, dataset, role: str) -> str | None:
+  """<data.path>/masks/<split>.npy beside the class folders, as csg-build-shapes and
+  csg-build-voc-part write them (None for a tarball)."""
+  del dataset
+  split = {"train": cfg.train_split, "test": cfg.test_split}.get(role)
+  path = os.path.expanduser(cfg.path)
+  if split is None or not os.path.isdir(path):
+    return None
+  return os.path.join(path, "masks", f"{split}.npy")
 
 
 def decode_image(source: str | bytes, size: int | None) -> np.ndarray:

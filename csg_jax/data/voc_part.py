@@ -29,7 +29,7 @@ import json
 import os
 import random
 import time
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -79,7 +79,7 @@ def _struct_list(value) -> list:
   return [] if value.size == 0 or value.dtype.names is None else list(value.ravel())
 
 
-def load_annotation(path: str) -> Tuple[str, List[dict]]:
+def load_annotation(path: str) -> tuple[str, list[dict]]:
   """(image id, objects) of a Pascal-Part .mat file; object: {class, mask, parts: {name: mask}}."""
   try:
     anno = scipy_io.loadmat(path)["anno"][0, 0]
@@ -101,7 +101,7 @@ def load_annotation(path: str) -> Tuple[str, List[dict]]:
   return _text(anno["imname"]) or stem, objects
 
 
-def crop_window(mask: np.ndarray) -> Tuple[int, int, int, int]:
+def crop_window(mask: np.ndarray) -> tuple[int, int, int, int]:
   """(top, bottom, left, right) of the released square crop around a mask, in image pixels.
 
   The window may leave the image (then it is zero-padded). Rounding is done, as released, in
@@ -120,7 +120,7 @@ def crop_window(mask: np.ndarray) -> Tuple[int, int, int, int]:
   return top, max(bottom, top + 1), left, max(right, left + 1)
 
 
-def crop(array: np.ndarray, window: Tuple[int, int, int, int]) -> np.ndarray:
+def crop(array: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
   """array[top:bottom, left:right] with zeros outside the array."""
   top, bottom, left, right = window
   h, w = array.shape[:2]
@@ -136,14 +136,14 @@ def _resize(array: np.ndarray, size: int, resample) -> np.ndarray:
   return np.asarray(Image.fromarray(array).resize((size, size), resample))
 
 
-def split_images(image_ids: Sequence[str], seed: int = 0) -> Dict[str, set]:
+def split_images(image_ids: Sequence[str], seed: int = 0) -> dict[str, set]:
   """The released 70/30 split by image: random.Random(seed).sample over the given order."""
   ids = list(image_ids)
   train = set(random.Random(seed).sample(ids, int(len(ids) * TRAIN_FRACTION)))
   return {"train": train, "test": set(ids) - train}
 
 
-def _image_ids(voc_root: str, annotation_files: Sequence[str]) -> List[str]:
+def _image_ids(voc_root: str, annotation_files: Sequence[str]) -> list[str]:
   listing = os.path.join(voc_root, "ImageSets", "Main", "trainval.txt")
   if os.path.exists(listing):
     with open(listing) as f:
@@ -255,7 +255,7 @@ def build_voc_part(voc_root: str, annotations_dir: str, out_root: str, *, size: 
   return meta
 
 
-def load_part_masks(root: str, split: str = "test") -> Tuple[Tuple[str, ...], np.ndarray]:
+def load_part_masks(root: str, split: str = "test") -> tuple[tuple[str, ...], np.ndarray]:
   """(part names, uint8 [N, P, size, size] part masks) written by build_voc_part."""
   path = os.path.join(root, "masks", f"{split}_parts.npz")
   if not os.path.exists(path):

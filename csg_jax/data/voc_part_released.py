@@ -40,6 +40,12 @@ def masks_path(cache_dir: str, role: str) -> str:
   return os.path.join(cache_dir, f"{role}_masks.npy")
 
 
+def object_masks_path(cfg, dataset, role: str) -> str:
+  """The object masks this source decoded into its cache."""
+  del cfg
+  return masks_path(dataset.cache.path, role)
+
+
 def load(cfg) -> Dataset:
   """Loads (decoding on first use) the cached arrays of the released layout at data.path."""
   start = time.perf_counter()

@@ -1,16 +1,16 @@
 """The paper's applications on trained runs: localization and adversarial-sample detection.
 
-For each run: localization (GradMap, CAM, ActivMap; only when the data set has object masks,
-i.e. `<data.path>/masks/<test split>.npy`, or the voc_part_released source), FGSM/PGD attacks
-and detection ROC-AUCs. Writes `W/eval/applications.json`, `W/eval/applications.md` and PNG
+For each run: localization (GradMap, CAM, ActivMap; only when its data source has object masks
+for the test split: `<data.path>/masks/<test split>.npy` beside a folder, or the
+voc_part_released cache), FGSM/PGD attacks and detection ROC-AUCs. Writes `W/eval/applications.json`, `W/eval/applications.md` and PNG
 figures; with an STD and a CSG run, also a side-by-side report. Definitions and protocol:
 docs/applications.md.
 """
 
 import itertools
-import os
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import jax
 import ml_collections
@@ -19,8 +19,8 @@ import optax
 
 from csg_jax import data as data_lib
 from csg_jax import fileio
-from csg_jax import training
-from csg_jax.data import voc_part_released
+from csg_jax import runs
+from csg_jax.data import sources
 from csg_jax.errors import CSGError
 from csg_jax.evaluation import attacks
 from csg_jax.evaluation import detection
@@ -28,13 +28,14 @@ from csg_jax.evaluation import localization
 from csg_jax.evaluation import plots
 from csg_jax.evaluation import predict
 from csg_jax.log import log
-from csg_jax.training import parallel
+from csg_jax.text import number
+from csg_jax import sharding
 
-Report = Dict[str, Any]
+Report = dict[str, Any]
 # Below this many held-out clean or adversarial examples a detection AUC is flagged as noise.
 MIN_DETECTION_SAMPLES = 10
 # {(attack, ε): {detector: {'auc', 'fpr', 'tpr', ...}}}: the ROC curves behind a report.
-Curves = Dict[Tuple[str, float], Dict[str, Dict[str, Any]]]
+Curves = dict[tuple[str, float], dict[str, dict[str, Any]]]
 
 
 def app_config() -> ml_collections.ConfigDict:
@@ -49,9 +50,9 @@ def app_config() -> ml_collections.ConfigDict:
   return c
 
 
-def run_applications(cfg, workdirs: Sequence[str] = (), *, std_workdir: Optional[str] = None,
-                     csg_workdir: Optional[str] = None,
-                     out_dir: Optional[str] = None) -> Optional[str]:
+def run_applications(cfg, workdirs: Sequence[str] = (), *, std_workdir: str | None = None,
+                     csg_workdir: str | None = None,
+                     out_dir: str | None = None) -> str | None:
   """Evaluates every run, and with an STD and a CSG run writes their side-by-side report.
 
   The runs are checked before any is loaded, so a mistyped path fails at once.
@@ -86,7 +87,7 @@ def run_applications(cfg, workdirs: Sequence[str] = (), *, std_workdir: Optional
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluate_run(workdir: str, cfg, *, devices=None) -> Tuple[Report, Curves]:
+def evaluate_run(workdir: str, cfg, *, devices=None) -> tuple[Report, Curves]:
   """Loads a run, runs the applications, writes W/eval/*.
 
   Returns (report, curves): the JSON-able report and the detection ROC curves, for the
@@ -97,7 +98,7 @@ def evaluate_run(workdir: str, cfg, *, devices=None) -> Tuple[Report, Curves]:
   attacks.validate_config(cfg.attacks)
   detection.validate_config(cfg.detection)
   start = time.perf_counter()
-  run = training.load_run(workdir, devices=devices)
+  run = runs.load_run(workdir, devices=devices)
   config, dataset = run.config, run.dataset
   gate = run.state.host_gate()
   num_devices = run.mesh.devices.size
@@ -173,7 +174,7 @@ def _localization(run, cfg, masks_path, fwd_bwd_seconds, out_dir, workdir) -> Re
                                 batch_size=cfg.localization.batch_size, split="test"),
       num_classes=dataset.num_classes, image_hw=dataset.image_shape[:2],
       config=cfg.localization, class_names=names,
-      put=lambda batch: parallel.to_global(batch, run.mesh))
+      put=lambda batch: sharding.to_global(batch, run.mesh))
   t = loc["timings"]
   t["total_s"] = t["profile_s"] + t.get("activmap_thresholds_s", 0.0) + t["main_s"]
   t["total_over_fwd_bwd"] = t["total_s"] / fwd_bwd_seconds
@@ -196,7 +197,7 @@ def _adversarial(run, cfg, eval_fn, clean, labels, gate):
   """Every attack at every ε: accuracy under attack and the detectors' AUCs (and curves)."""
   config = run.config
   fgsm_fn, pgd_fn = attacks.make_attack_fns(
-      run.model, config.data.mean, config.data.std, pgd_steps=cfg.attacks.pgd_steps,
+      run.model, *run.dataset.statistics, pgd_steps=cfg.attacks.pgd_steps,
       random_start=cfg.attacks.pgd_random_start)
   rows, curves = [], {}
   for name in cfg.attacks.attacks:
@@ -241,7 +242,7 @@ def _adversarial(run, cfg, eval_fn, clean, labels, gate):
   return rows, curves
 
 
-def few_samples_warning(detection: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
+def few_samples_warning(detection: Mapping[str, Mapping[str, Any]]) -> str | None:
   """A warning when some detector's AUC was scored on fewer than MIN_DETECTION_SAMPLES clean or
   adversarial examples (e.g. one successful attack), else None."""
   fewest = min(min(v["num_clean"], v["num_adversarial"]) for v in detection.values())
@@ -251,10 +252,10 @@ def few_samples_warning(detection: Mapping[str, Mapping[str, Any]]) -> Optional[
           f"(fewer than {MIN_DETECTION_SAMPLES}) say little; evaluate on more test images")
 
 
-def _method_of(workdir: str) -> Optional[str]:
+def _method_of(workdir: str) -> str | None:
   """The method in a workdir's config.json, or None (load_run then reports what is missing)."""
   try:
-    return training.read_config(workdir).get("method")
+    return runs.read_config(workdir).get("method")
   except (CSGError, OSError, ValueError):
     return None
 
@@ -277,7 +278,7 @@ def _time_fwd_bwd(run, batch_size: int, repeats: int = 3) -> float:
   def batches():
     for batch in data_lib.eval_batches(run.dataset, run.config.data, split="test",
                                        global_batch_size=batch_size):
-      yield parallel.to_global({"image": batch["image"], "label": batch["label"]}, run.mesh)
+      yield sharding.to_global({"image": batch["image"], "label": batch["label"]}, run.mesh)
 
   first = next(iter(batches()))
   jax.block_until_ready(grad_fn(variables, first["image"], first["label"]))
@@ -292,17 +293,10 @@ def _time_fwd_bwd(run, batch_size: int, repeats: int = 3) -> float:
   return float(sorted(times)[len(times) // 2])
 
 
-def _masks_path(config, dataset) -> Optional[str]:
-  """The test split's object masks: <data.path>/masks/<test split>.npy beside a folder source,
-  or those the voc_part_released source decoded into its cache; None if there are none."""
-  if config.data.source == "voc_part_released":
-    path = voc_part_released.masks_path(dataset.cache.path, "test")
-  elif config.data.source == "folder" and config.data.path:
-    path = os.path.join(os.path.expanduser(config.data.path), "masks",
-                        f"{config.data.test_split}.npy")
-  else:
-    return None
-  return path if os.path.exists(path) else None
+def _masks_path(config, dataset) -> str | None:
+  """The test split's object masks where the data source has them (<data.path>/masks/<test
+  split>.npy beside a folder; the voc_part_released cache); else None."""
+  return sources.get(config.data.source).object_masks_path(config.data, dataset, "test")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,20 +304,14 @@ def _masks_path(config, dataset) -> Optional[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _fmt(x, digits=4):
-  if x is None or (isinstance(x, float) and x != x):
-    return "–"
-  return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
-
-
-def markdown_report(reports: Dict[str, Report]) -> str:
+def markdown_report(reports: dict[str, Report]) -> str:
   """Markdown tables with one column per run (e.g. {"STD": report, "CSG": report})."""
   runs = list(reports)
   head = "| | " + " | ".join(runs) + " |\n|---|" + "---|" * len(runs) + "\n"
   lines = ["## Runs\n", head.rstrip("\n")]
   for label, key, digits in (("test accuracy", "accuracy", 4), ("MIS", "mis", 4),
                              ("gate L1 density", "gate_density", 4), ("step", "step", 0)):
-    lines.append(f"| {label} | " + " | ".join(_fmt(reports[r].get(key), digits) for r in runs)
+    lines.append(f"| {label} | " + " | ".join(number(reports[r].get(key), digits) for r in runs)
                  + " |")
   lines.append("| workdir | " + " | ".join(f"`{reports[r]['workdir']}`" for r in runs) + " |")
 
@@ -336,7 +324,7 @@ def markdown_report(reports: Dict[str, Report]) -> str:
             ("ActivMap AP (mean filter score)", "activmap", "ap")]
     for label, method, key in rows:
       if all(method in locs[r] for r in runs):
-        lines.append(f"| {label} | " + " | ".join(_fmt(locs[r][method][key]) for r in runs)
+        lines.append(f"| {label} | " + " | ".join(number(locs[r][method][key]) for r in runs)
                      + " |")
     lines.append("| time (s) / × one fwd+bwd pass | " + " | ".join(
         f"{locs[r]['timings']['total_s']:.1f} / {locs[r]['timings']['total_over_fwd_bwd']:.1f}×"
@@ -349,8 +337,8 @@ def markdown_report(reports: Dict[str, Report]) -> str:
                 "| class | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
       for name in names:
         lines.append(f"| {name} | " + " | ".join(
-            f"{_fmt(locs[r][method]['per_class'][name]['iou'])} / "
-            f"{_fmt(locs[r][method]['per_class'][name]['ap'])}" for r in runs) + " |")
+            f"{number(locs[r][method]['per_class'][name]['iou'])} / "
+            f"{number(locs[r][method]['per_class'][name]['ap'])}" for r in runs) + " |")
     if all("activmap" in locs[r] for r in runs):
       lines += ["", "### ActivMap per class (related filters: number / AP / IoU)", "",
                 "| class | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
@@ -360,7 +348,7 @@ def markdown_report(reports: Dict[str, Report]) -> str:
           a = locs[r]["activmap"]
           c = ({"num_filters": a["num_filters"], "ap": a["ap"], "iou": a["iou"]}
                if name == "total" else a["per_class"][name])
-          cells.append(f"{c['num_filters']} / {_fmt(c['ap'])} / {_fmt(c['iou'])}")
+          cells.append(f"{c['num_filters']} / {number(c['ap'])} / {number(c['iou'])}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
   if all("adversarial" in reports[r] for r in runs):
@@ -382,11 +370,11 @@ def markdown_report(reports: Dict[str, Report]) -> str:
     for attack, eps in keys:
       rows = {r: next((x for x in reports[r]["adversarial"]
                        if x["attack"] == attack and x["epsilon"] == eps), None) for r in runs}
-      cells = [_fmt(rows[r]["accuracy"]) if rows[r] else "–" for r in runs]
+      cells = [number(rows[r]["accuracy"]) if rows[r] else "–" for r in runs]
       cells += [str(next(iter(rows[r]["detection"].values()))["num_adversarial"])
                 if rows[r] else "–" for r in runs]
       for r, d in detectors:
-        cells.append(_fmt(rows[r]["detection"].get(d, {}).get("auc"), 3) if rows[r] else "–")
+        cells.append(number(rows[r]["detection"].get(d, {}).get("auc"), 3) if rows[r] else "–")
       lines.append(f"| {attack.upper()} | {eps * 255:.0f}/255 | " + " | ".join(cells) + " |")
     pgd = [x for x in reports[runs[0]]["adversarial"] if x["attack"] == "pgd"]
     if pgd:
@@ -398,7 +386,7 @@ def markdown_report(reports: Dict[str, Report]) -> str:
 
 
 def compare(std: Report, csg: Report, std_curves: Curves, csg_curves: Curves,
-            out_dir: str) -> Tuple[str, List[str]]:
+            out_dir: str) -> tuple[str, list[str]]:
   """Side-by-side markdown, JSON and figures of an STD and a CSG run; returns the markdown and
   the names of the files written (figures only for the applications both runs have)."""
   fileio.makedirs(out_dir)

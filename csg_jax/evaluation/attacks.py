@@ -13,7 +13,7 @@ statistics), so batching changes nothing.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +52,7 @@ def validate_config(c) -> None:
     raise CSGError(f"attacks.batch_size is {c.batch_size}: set it to a positive integer")
 
 
-def input_box(mean: Sequence[float], std: Sequence[float]) -> Tuple[jnp.ndarray, jnp.ndarray,
+def input_box(mean: Sequence[float], std: Sequence[float]) -> tuple[jnp.ndarray, jnp.ndarray,
                                                                       jnp.ndarray]:
   """(low, high, 1/std), each [C]: the valid normalised range and the pixel-to-input scale."""
   mean = jnp.asarray(mean, jnp.float32)
@@ -92,7 +92,7 @@ def _default_unroll() -> bool:
 
 def pgd(logits_fn: LogitsFn, images: jnp.ndarray, labels: jnp.ndarray, *, epsilon, step_size,
         steps: int, mean: Sequence[float], std: Sequence[float], random_start: bool, key=None,
-        unroll: Optional[bool] = None) -> jnp.ndarray:
+        unroll: bool | None = None) -> jnp.ndarray:
   """Projected gradient ascent on the cross-entropy in the L∞ ball of radius ε (pixel units).
 
   `unroll` (None: only on CPU) unrolls the `steps` iterations in the compiled program.

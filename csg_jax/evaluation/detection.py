@@ -16,7 +16,7 @@ The paper released no detector; csg_jax's protocol (docs/applications.md):
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+from collections.abc import Mapping
 
 import ml_collections
 import numpy as np
@@ -68,7 +68,7 @@ def roc_auc(clean_scores: np.ndarray, adversarial_scores: np.ndarray) -> float:
 
 
 def roc_curve(clean_scores: np.ndarray, adversarial_scores: np.ndarray
-              ) -> Tuple[np.ndarray, np.ndarray]:
+              ) -> tuple[np.ndarray, np.ndarray]:
   y, s = _stack(clean_scores, adversarial_scores)
   fpr, tpr, _ = metrics.roc_curve(y, s)
   return fpr, tpr
@@ -94,7 +94,7 @@ def fit_logistic_detector(clean_features: np.ndarray, adversarial_features: np.n
   return model.fit(x, y)
 
 
-def split_indices(num: int, fit_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+def split_indices(num: int, fit_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """A seeded split of image indices into (fit, eval), both sorted."""
   perm = np.random.default_rng([seed, num]).permutation(num)
   cut = int(round(fit_fraction * num))
@@ -102,8 +102,8 @@ def split_indices(num: int, fit_fraction: float, seed: int) -> Tuple[np.ndarray,
 
 
 def evaluate_detection(clean: Mapping[str, np.ndarray], attacked: Mapping[str, np.ndarray],
-                       labels: np.ndarray, num_classes: int, *, gate: Optional[np.ndarray] = None,
-                       config=None) -> Dict[str, Dict]:
+                       labels: np.ndarray, num_classes: int, *, gate: np.ndarray | None = None,
+                       config=None) -> dict[str, dict]:
   """Every detector on one attack: AUCs and ROC curves.
 
   Args:

@@ -12,7 +12,7 @@ filter's maps; no activation beyond the running top-k is kept. Both run in one p
 """
 
 import dataclasses
-from typing import Callable, Dict, List, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,7 @@ from csg_jax.data import folder
 from csg_jax.errors import CSGError
 from csg_jax.evaluation import mis as mis_lib
 from csg_jax.evaluation.localization import bilinear_matrix
-from csg_jax.training import parallel
+from csg_jax import sharding
 
 
 CLOSED = -1  # the gate class of a filter whose gate column is all zero: it serves no class
@@ -36,11 +36,11 @@ CLOSED = -1  # the gate class of a filter whose gate column is all zero: it serv
 class FilterClasses:
   """Which class each filter serves, by the gate G [C, K] (CSG runs) and by the MI matrix
   M [C, K] (evaluated runs); either may be None."""
-  gate: Optional[np.ndarray] = None
-  mi: Optional[np.ndarray] = None
+  gate: np.ndarray | None = None
+  mi: np.ndarray | None = None
 
   @property
-  def gate_class(self) -> Optional[np.ndarray]:
+  def gate_class(self) -> np.ndarray | None:
     """[K] argmax of each gate column; CLOSED where the column is all zero."""
     if self.gate is None:
       return None
@@ -48,7 +48,7 @@ class FilterClasses:
                     CLOSED)
 
   @property
-  def mi_class(self) -> Optional[np.ndarray]:
+  def mi_class(self) -> np.ndarray | None:
     return None if self.mi is None else mis_lib.assigned_class_from_mi(self.mi)
 
   @property
@@ -70,10 +70,10 @@ class FilterClasses:
     matrix = self.gate if self.assigned_by == "gate" else self.mi
     return matrix.max(axis=0)
 
-  def describe(self, k: int, class_names: Sequence[str]) -> Dict[str, object]:
+  def describe(self, k: int, class_names: Sequence[str]) -> dict[str, object]:
     """Filter k's classes and their values, by every assignment the run has (a closed
     filter's gate class is None)."""
-    out: Dict[str, object] = {}
+    out: dict[str, object] = {}
     if self.gate is not None:
       c = int(self.gate_class[k])
       if c == CLOSED:
@@ -87,7 +87,7 @@ class FilterClasses:
     return out
 
 
-def load_mi_matrix(workdir: str, step: int) -> Optional[np.ndarray]:
+def load_mi_matrix(workdir: str, step: int) -> np.ndarray | None:
   """<workdir>/eval/mi_matrix.npy when csg-evaluate wrote it for the test split at `step`."""
   report_path = fileio.join(workdir, "eval", "report.json")
   matrix_path = fileio.join(workdir, "eval", "mi_matrix.npy")
@@ -137,20 +137,19 @@ def make_forward_fn(model, mesh) -> Callable:
     return {"logits": out["logits"], "features": out["features"],
             "feature_map": out["feature_map"].astype(jnp.float32)}
 
-  return jax.jit(forward, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-                 out_shardings=parallel.replicated(mesh))
+  return jax.jit(forward, in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh))
 
 
-def forward_images(run, forward_fn, images: np.ndarray) -> Dict[str, np.ndarray]:
+def forward_images(run, forward_fn, images: np.ndarray) -> dict[str, np.ndarray]:
   """forward_fn over uint8 images [N, H, W, C] in batches of eval_batch_size; numpy outputs."""
   batch = run.config.eval_batch_size
   chunks = []
   for start in range(0, len(images), batch):
-    part = augment.normalize(images[start:start + batch], run.config.data.mean,
-                             run.config.data.std)
+    part = augment.normalize(images[start:start + batch], *run.dataset.statistics)
     padded = np.zeros((batch,) + part.shape[1:], np.float32)
     padded[:len(part)] = part
-    out = jax.device_get(forward_fn(run.state, parallel.to_global(padded, run.mesh)))
+    out = jax.device_get(forward_fn(run.state, sharding.to_global(padded, run.mesh)))
     chunks.append({k: np.asarray(v)[:len(part)] for k, v in out.items()})
   return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
@@ -172,7 +171,7 @@ class Explanation:
   """One image's prediction taken apart. contributions.sum() + bias == logit (float32 sums)."""
   source: str  # "test[12]" or the image file
   image: np.ndarray  # uint8 [H, W, C], as the model saw it before normalisation
-  label: Optional[int]  # None for an image file
+  label: int | None  # None for an image file
   probabilities: np.ndarray  # [C]
   predicted: int
   logit: float  # the model's logit of the predicted class
@@ -185,8 +184,8 @@ class Explanation:
 
 
 def explain_images(run, images: np.ndarray, sources: Sequence[str],
-                   labels: Optional[Sequence[Optional[int]]] = None, *, num_filters: int = 5,
-                   forward_fn: Optional[Callable] = None) -> List[Explanation]:
+                   labels: Sequence[int | None] | None = None, *, num_filters: int = 5,
+                   forward_fn: Callable | None = None) -> list[Explanation]:
   """Explanations of uint8 images [N, H, W, C] (the run's image shape) by a restored run."""
   forward_fn = forward_fn or make_forward_fn(run.model, run.mesh)
   out = forward_images(run, forward_fn, images)
@@ -217,7 +216,7 @@ def top_filters_of_predicted_class(e: Explanation, assigned: np.ndarray, n: int 
 
 
 def explanation_record(e: Explanation, classes: FilterClasses, class_names: Sequence[str],
-                       *, top_classes: int = 3) -> Dict[str, object]:
+                       *, top_classes: int = 3) -> dict[str, object]:
   """What explanations.json holds for one image: every number the figure shows, and more."""
   ranked = np.argsort(-e.probabilities, kind="stable")[:top_classes]
   return {
@@ -271,9 +270,9 @@ def scan_split(run, split: str = "test", *, top_k: int = 8) -> SplitScan:
     cam = jnp.einsum("bhwk,kc->bhwc", fmap, kernel)
     return out["features"], fmap.max(axis=(1, 2)), jnp.abs(cam).max(axis=(1, 2))
 
-  step = jax.jit(step, in_shardings=(parallel.replicated(run.mesh),
-                                     parallel.batch_sharding(run.mesh)),
-                 out_shardings=parallel.replicated(run.mesh))
+  step = jax.jit(step, in_shardings=(sharding.replicated(run.mesh),
+                                     sharding.batch_sharding(run.mesh)),
+                 out_shardings=sharding.replicated(run.mesh))
   k_filters, num_classes = kernel.shape
   values, indices = np.zeros((k_filters, 0), np.float32), np.zeros((k_filters, 0), np.int64)
   filter_max, cam_max = np.zeros(k_filters, np.float32), np.zeros(num_classes, np.float32)
@@ -281,7 +280,7 @@ def scan_split(run, split: str = "test", *, top_k: int = 8) -> SplitScan:
   for b, batch in enumerate(data_lib.eval_batches(run.dataset, run.config.data, split=split,
                                                   global_batch_size=batch_size)):
     features, map_max, cam_abs = jax.device_get(
-        step(run.state, parallel.to_global(batch["image"], run.mesh)))
+        step(run.state, sharding.to_global(batch["image"], run.mesh)))
     keep = np.asarray(batch["mask"], bool)  # real examples lead, padding follows
     values, indices = merge_top_k(values, indices, np.asarray(features)[keep].T,
                                   b * batch_size + np.flatnonzero(keep), top_k)
@@ -331,7 +330,7 @@ def atlas_selection(classes: FilterClasses, limit: int) -> np.ndarray:
 
 
 def atlas_rows(run, scan: SplitScan, filters: Sequence[int], *,
-               forward_fn: Optional[Callable] = None) -> List[AtlasRow]:
+               forward_fn: Callable | None = None) -> list[AtlasRow]:
   """The maps of `filters` on their top images (re-read and re-run: the scan kept no maps)."""
   forward_fn = forward_fn or make_forward_fn(run.model, run.mesh)
   wanted = np.unique(scan.top_indices[list(filters)])
@@ -348,7 +347,7 @@ def atlas_rows(run, scan: SplitScan, filters: Sequence[int], *,
 
 
 def atlas_record(scan: SplitScan, classes: FilterClasses,
-                 class_names: Sequence[str]) -> Dict[str, object]:
+                 class_names: Sequence[str]) -> dict[str, object]:
   """What atlas.json holds: per filter its classes, purity and top images."""
   purities = {by: purity(scan.top_labels, assigned) for by, assigned in
               (("gate", classes.gate_class), ("mi", classes.mi_class)) if assigned is not None}

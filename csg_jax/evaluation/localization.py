@@ -32,13 +32,16 @@ from __future__ import annotations
 import functools
 import math
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from csg_jax import data as data_lib
+from csg_jax.data import augment
 from csg_jax.errors import CSGError
 from csg_jax.log import log
 
@@ -305,10 +308,10 @@ class _Fns:
     return jnp.moveaxis(ious, 0, 1).reshape(b, num_chunks * chunk)[:, :k]
 
 
-def evaluate_localization(model, variables, batches: Callable[[], Iterable[Dict[str, np.ndarray]]],
+def evaluate_localization(model, variables, batches: Callable[[], Iterable[dict[str, np.ndarray]]],
                           *, num_classes: int, image_hw: Sequence[int], config=None,
-                          class_names: Optional[Sequence[str]] = None,
-                          put: Callable[[Any], Any] = jax.device_put) -> Dict[str, Any]:
+                          class_names: Sequence[str] | None = None,
+                          put: Callable[[Any], Any] = jax.device_put) -> dict[str, Any]:
   """Runs every method in `config.methods` over the batches; returns the summary dict.
 
   Args:
@@ -398,7 +401,7 @@ def evaluate_localization(model, variables, batches: Callable[[], Iterable[Dict[
 
   labels = np.concatenate(labels_all)
   names = list(class_names or [str(c) for c in range(num_classes)])
-  result: Dict[str, Any] = {"num_images": int(labels.size), "class_names": names,
+  result: dict[str, Any] = {"num_images": int(labels.size), "class_names": names,
                             "map_hw": [int(map_hw[0]), int(map_hw[1])], "num_filters": int(k),
                             "timings": timings}
   if "gradmap" in cfg.methods:
@@ -416,7 +419,7 @@ def evaluate_localization(model, variables, batches: Callable[[], Iterable[Dict[
 
 
 def _image_metric(ious: np.ndarray, labels: np.ndarray, num_classes: int, names: Sequence[str],
-                  ap_iou: float, *, inclusive: bool) -> Dict[str, Any]:
+                  ap_iou: float, *, inclusive: bool) -> dict[str, Any]:
   """Per-class and overall mean IoU and AP (share of images over the IoU bar)."""
   hit = ious >= ap_iou if inclusive else ious > ap_iou
   per_class = {}
@@ -430,7 +433,7 @@ def _image_metric(ious: np.ndarray, labels: np.ndarray, num_classes: int, names:
 
 
 def summarize_activmap(iou_sum: np.ndarray, success_sum: np.ndarray, class_counts: np.ndarray,
-                       names: Sequence[str]) -> Dict[str, Any]:
+                       names: Sequence[str]) -> dict[str, Any]:
   """Related-filter statistics from per-(filter, class) IoU and success sums [K, C]."""
   counts = np.maximum(class_counts, 1)[None, :].astype(np.float64)
   present = class_counts[None, :] > 0
@@ -452,9 +455,8 @@ def summarize_activmap(iou_sum: np.ndarray, success_sum: np.ndarray, class_count
 
 
 def mask_batches(dataset, data_config, object_masks: np.ndarray, *, batch_size: int,
-                 split: str = "test") -> Callable[[], Iterator[Dict[str, np.ndarray]]]:
+                 split: str = "test") -> Callable[[], Iterator[dict[str, np.ndarray]]]:
   """A `batches` callable for `evaluate_localization`: the eval stream plus its object masks."""
-  from csg_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   num = len(dataset.splits[split])
   hw = tuple(dataset.image_shape[:2])
   if object_masks.shape[0] != num:
@@ -477,14 +479,12 @@ def mask_batches(dataset, data_config, object_masks: np.ndarray, *, batch_size: 
 
 
 def example_maps(model, variables, dataset, data_config, object_masks: np.ndarray, *, config,
-                 top_filters: Optional[np.ndarray], thresholds: Optional[np.ndarray],
-                 num: int = 8, split: str = "test") -> Dict[str, np.ndarray]:
+                 top_filters: np.ndarray | None, thresholds: np.ndarray | None,
+                 num: int = 8, split: str = "test") -> dict[str, np.ndarray]:
   """The maps behind the metrics for `num` test images spread over the split (for a figure).
 
   GradMap and ActivMap are shown for each image's class's first (most active) filter.
   """
-  from csg_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from csg_jax.data import augment  # pylint: disable=g-import-not-at-top
   cfg = config or default_config()
   n = len(dataset.splits[split])
   idx = np.unique(np.linspace(0, n - 1, min(num, n)).round().astype(int))

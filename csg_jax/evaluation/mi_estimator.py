@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -78,7 +77,7 @@ def mutual_information_matrix(
     *,
     n_neighbors: int = 3,
     seed: int = 0,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
 ) -> np.ndarray:
   """M[c, k] = MI (nats) between feature k and the binary label `labels == c`.
 

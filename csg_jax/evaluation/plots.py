@@ -7,7 +7,7 @@ same scale and can be compared by eye. Files are PNGs written with matplotlib's 
 display needed), selected here once for the whole package.
 """
 
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -54,7 +54,7 @@ def _matrix_fig(matrix, class_names, title, vmax, colorbar_label, order, cmap):
 
 
 def matrix_figure(path: str, matrix: np.ndarray, class_names: Sequence[str], *, title: str,
-                  vmax: float, colorbar_label: str, order: Optional[np.ndarray] = None,
+                  vmax: float, colorbar_label: str, order: np.ndarray | None = None,
                   cmap: str = "viridis") -> None:
   """A [C, K] matrix (gate or MI) as a heat map, filters sorted by their assigned class."""
   _save(_matrix_fig(matrix, class_names, title, vmax, colorbar_label, order, cmap), path, dpi=100)
@@ -135,7 +135,7 @@ def comparison_figure(path: str, runs: dict, class_names: Sequence[str], *,
   _save(fig, path, dpi=90)
 
 
-def roc_figure(path: str, panels: Mapping[str, Mapping[str, Tuple[np.ndarray, np.ndarray, float]]],
+def roc_figure(path: str, panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray, float]]],
                *, title: str = "") -> None:
   """One ROC panel per key of `panels` ({curve label: (fpr, tpr, auc)})."""
   names = list(panels)
@@ -159,7 +159,7 @@ def roc_figure(path: str, panels: Mapping[str, Mapping[str, Tuple[np.ndarray, np
   _save(fig, path, dpi=110)
 
 
-def localization_examples_figure(path: str, examples: Dict[str, np.ndarray],
+def localization_examples_figure(path: str, examples: dict[str, np.ndarray],
                                  class_names: Sequence[str], *, title: str = "") -> None:
   """Rows of image | object mask | CAM | GradMap | ActivMap, each map outlined where kept.
 

@@ -2,7 +2,8 @@
 (accuracy, per-class accuracy, the MI matrix, MIS, gate density)."""
 
 import functools
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
@@ -10,10 +11,10 @@ import numpy as np
 from csg_jax import data as data_lib
 from csg_jax import gate as gate_lib
 from csg_jax.evaluation import mis as mis_lib
-from csg_jax.training import parallel
+from csg_jax import sharding
 
 
-def eval_step(state, batch: Mapping[str, jax.Array], *, model) -> Dict[str, jax.Array]:
+def eval_step(state, batch: Mapping[str, jax.Array], *, model) -> dict[str, jax.Array]:
   """STD-path predictions and pooled features (the features MIS is measured on).
 
   Labels and the padding mask pass through, so the host sees the whole global batch.
@@ -25,12 +26,12 @@ def eval_step(state, batch: Mapping[str, jax.Array], *, model) -> Dict[str, jax.
 
 def make_eval_fn(model, mesh) -> Callable:
   return jax.jit(functools.partial(eval_step, model=model),
-                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-                 out_shardings=parallel.replicated(mesh))
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh))
 
 
 def evaluate(eval_fn, state, dataset, config, mesh, split: str = "test", *,
-             batch_size: Optional[int] = None) -> Dict[str, np.ndarray]:
+             batch_size: int | None = None) -> dict[str, np.ndarray]:
   """Runs eval_fn over every example of `split` once; returns its outputs for the real rows.
 
   eval_fn(state, global batch) -> {..., 'mask'}: `make_eval_fn`'s STD path, or a wrapper of it
@@ -42,14 +43,14 @@ def evaluate(eval_fn, state, dataset, config, mesh, split: str = "test", *,
                                      global_batch_size=batch_size or config.eval_batch_size,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count()):
-    out = jax.device_get(eval_fn(state, parallel.to_global(batch, mesh)))
+    out = jax.device_get(eval_fn(state, sharding.to_global(batch, mesh)))
     keep = np.asarray(out.pop("mask"), bool)
     chunks.append({k: np.asarray(v)[keep] for k, v in out.items()})
   return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
-def summarize_eval(result: Mapping[str, np.ndarray], num_classes: int, gate: Optional[np.ndarray],
-                   seed: int) -> Dict[str, Any]:
+def summarize_eval(result: Mapping[str, np.ndarray], num_classes: int, gate: np.ndarray | None,
+                   seed: int) -> dict[str, Any]:
   """Accuracy, per-class accuracy, the MI matrix [C, K], MIS and gate density of an evaluation."""
   pred, labels = result["prediction"], result["label"]
   per_class = [float((pred[labels == c] == c).mean()) if (labels == c).any() else None

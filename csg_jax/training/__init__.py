@@ -1,9 +1,6 @@
-"""The training machinery: the loop, the state and run setup, checkpoints, preemption, the
-workdir lock, the device mesh and the metric writer."""
+"""Training: the loop (`train_and_evaluate`, the pure `train_step`), the metric writer and
+preemption. A run's setup, state, checkpoints and workdir are in csg_jax.runs."""
 
-from csg_jax.training.loop import train_and_evaluate, train_step
-from csg_jax.training.run import RunSetup, TrainedRun, build, load_run, read_config
-from csg_jax.training.state import TrainState, create_train_state
+from csg_jax.training.loop import make_train_steps, train_and_evaluate, train_step
 
-__all__ = ["RunSetup", "TrainState", "TrainedRun", "build", "create_train_state", "load_run",
-           "read_config", "train_and_evaluate", "train_step"]
+__all__ = ["make_train_steps", "train_and_evaluate", "train_step"]

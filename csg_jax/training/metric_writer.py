@@ -11,14 +11,15 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 
 from csg_jax import fileio
 
 
-def _plain(value):
+def _json_number(value):
+  """A metric as a JSON number; NaN and infinities as the strings 'nan', 'inf', '-inf'."""
   value = float(value)
   return value if math.isfinite(value) else str(value)
 
@@ -48,7 +49,7 @@ class MetricWriter:
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
-    values = {k: _plain(v) for k, v in metrics.items()}
+    values = {k: _json_number(v) for k, v in metrics.items()}
     self._jsonl.write(json.dumps({"step": int(step), "split": split, **values}) + "\n")
     for name, value in values.items():
       if isinstance(value, float):

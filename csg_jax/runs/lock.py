@@ -8,7 +8,6 @@ On an object store the lock is advisory (see fileio.create_exclusive).
 import json
 import os
 import socket
-from typing import Optional
 
 from csg_jax import fileio
 from csg_jax.errors import CSGError
@@ -33,7 +32,7 @@ class WorkdirLock:
     self.path = fileio.join(workdir, LOCK_NAME)
     self._held = False
 
-  def _owner(self) -> Optional[dict]:
+  def _owner(self) -> dict | None:
     try:
       return fileio.read_json(self.path)
     except (OSError, ValueError):

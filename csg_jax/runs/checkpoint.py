@@ -17,7 +17,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -34,7 +34,7 @@ def _staged(directory: str) -> bool:
   return fileio.is_remote(directory) and directory.split("://")[0] not in _ORBAX_NATIVE_SCHEMES
 
 
-def _file_hashes(directory: str) -> Dict[str, str]:
+def _file_hashes(directory: str) -> dict[str, str]:
   hashes = {}
   for rel in fileio.walk_files(directory):
     digest = hashlib.sha256()
@@ -45,7 +45,7 @@ def _file_hashes(directory: str) -> Dict[str, str]:
   return hashes
 
 
-def _step_dirs(directory: str) -> Dict[int, str]:
+def _step_dirs(directory: str) -> dict[int, str]:
   return {int(name): fileio.join(directory, name)
           for name in fileio.listdir(directory) if name.isdigit()}
 
@@ -79,7 +79,7 @@ class Checkpointer:
         fileio.download_tree(path, os.path.join(self._stage, str(step)))
         self._uploaded.add(step)
 
-  def latest_step(self) -> Optional[int]:
+  def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
@@ -122,7 +122,7 @@ class Checkpointer:
       if name.endswith(".json") and name[:-5].isdigit() and int(name[:-5]) not in steps:
         fileio.remove(fileio.join(self.manifests, name))
 
-  def _verify(self, step: int) -> Optional[str]:
+  def _verify(self, step: int) -> str | None:
     """None if the step's files match its manifest (or it has none yet), else what differs."""
     path = self._manifest_path(step)
     if not fileio.exists(path):
@@ -136,7 +136,7 @@ class Checkpointer:
               f"{', '.join((missing or changed)[:3])}")
     return None
 
-  def restore_latest(self, abstract_state: Any) -> Tuple[Optional[Any], Optional[int]]:
+  def restore_latest(self, abstract_state: Any) -> tuple[Any | None, int | None]:
     """(state, step) of the newest checkpoint that loads, or (None, None) in an empty workdir."""
     steps = sorted(self._manager.all_steps(), reverse=True)
     errors = []
@@ -172,7 +172,7 @@ def abstract_like(state: Any, sharding) -> Any:
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
 
 
-def load_pytree(path: str) -> Tuple[Dict[str, Any], str]:
+def load_pytree(path: str) -> tuple[dict[str, Any], str]:
   """The newest checkpoint under `path` (a workdir, its checkpoints/ or one step folder) as
   plain nested dicts of arrays, and the folder it came from. For `init_from`."""
   path = fileio.absolute(path)

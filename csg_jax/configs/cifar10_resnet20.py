@@ -10,7 +10,7 @@ CIFAR-10 comes from TFDS by default. To train on a local copy in class folders o
 """
 
 from csg_jax.config import base_config
-from csg_jax.data.config import CIFAR10_MEAN, CIFAR10_STD
+from csg_jax.data.sources import CIFAR10_MEAN, CIFAR10_STD
 
 
 def get_config():

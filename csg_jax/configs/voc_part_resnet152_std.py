@@ -8,14 +8,11 @@ Imported weights and data as in configs/voc_part_resnet152.py, then:
   python launch/train.py --config configs/voc_part_resnet152_std.py --config.data.path=data/voc_part
 """
 
-import os
-
 from csg_jax.config import load_config_file
 
 
 def get_config():
-  config = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                         "voc_part_resnet152.py"))
+  config = load_config_file("voc_part_resnet152")  # the shipped config it builds on
   config.method = "std"  # standard training, the released STD run (ifmask False)
   config.optimizer.freeze = r"^backbone/(stem_|stage1_)"  # layer2, layer3, layer4, fc train
   return config

@@ -1,7 +1,8 @@
 """The train state (params, gates, batch statistics, one optimiser state per optimiser), its
 creation, its abstract skeleton for restoring, and `init_from` (another run's weights)."""
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import flax
 import jax
@@ -15,7 +16,7 @@ from csg_jax import models
 from csg_jax import optimizer as optimizer_lib
 from csg_jax.errors import CSGError
 from csg_jax.log import log
-from csg_jax.training import checkpoint as checkpoint_lib
+from csg_jax.runs import checkpoint as checkpoint_lib
 
 
 @flax.struct.dataclass
@@ -24,20 +25,20 @@ class TrainState:
   params: Any
   gates: Any  # the `gates` collection; {} for a model without a gate
   batch_stats: Any
-  opt_state: Dict[str, Any]  # one optimiser state per optimiser of the plan ("main", "std"/"csg")
+  opt_state: dict[str, Any]  # one optimiser state per optimiser of the plan ("main", "std"/"csg")
 
-  def variables(self) -> Dict[str, Any]:
+  def variables(self) -> dict[str, Any]:
     out = {"params": self.params, "batch_stats": self.batch_stats, "gates": self.gates}
     return {k: v for k, v in out.items() if v}
 
-  def trainable(self) -> Dict[str, Any]:
+  def trainable(self) -> dict[str, Any]:
     """The tree the optimisers update: {"params": ..., "gates": ...}."""
     return {"params": self.params, "gates": self.gates}
 
-  def gate_matrix(self) -> Optional[jnp.ndarray]:
+  def gate_matrix(self) -> jnp.ndarray | None:
     return gate_lib.gate_values(self.gates)
 
-  def host_gate(self) -> Optional[np.ndarray]:
+  def host_gate(self) -> np.ndarray | None:
     """G as a numpy array on the host, or None for a model without a gate."""
     gate = self.gate_matrix()
     return None if gate is None else np.asarray(jax.device_get(gate))
@@ -68,7 +69,7 @@ def abstract_state(model, optimizers, image_shape, rng, sharding) -> TrainState:
   return checkpoint_lib.abstract_like(template, sharding)
 
 
-def load_init_from(path: str, skip_pattern: str, template: TrainState) -> Dict[str, Any]:
+def load_init_from(path: str, skip_pattern: str, template: TrainState) -> dict[str, Any]:
   """Weights of another run for fine-tuning: params, batch stats and (if shapes match) gates.
 
   Every parameter of this model must be in the other run's checkpoint with the same shape,

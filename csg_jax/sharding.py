@@ -7,7 +7,7 @@ into one global array with `jax.make_array_from_process_local_data`.
 
 import glob
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -26,9 +26,9 @@ def _in_multi_task_slurm_job() -> bool:
   return int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
-def initialize_distributed(coordinator_address: Optional[str] = None,
-                           num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None) -> None:
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
   """Starts jax.distributed when the run spans several processes.
 
   Manual launch: pass all three (the same coordinator "host:port" everywhere, a distinct
@@ -47,7 +47,7 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
     jax.distributed.initialize()
 
 
-def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 

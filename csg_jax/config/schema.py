@@ -1,0 +1,119 @@
+"""Every config field csg_jax reads, with its default and its one-line comment, as data.
+
+`base_config()` builds the ConfigDict that the files in csg_jax/configs start from; `comments()`
+gives each dotted field's comment (`--show_config` prints them beside the values). The data
+fields are defined with the data sources, in csg_jax/data/config.py.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from csg_jax import data as data_lib
+
+METHODS = ("std", "csg")  # standard training, or class-specific gates
+CSG_SCHEDULES = ("joint", "alternate")  # the paper's loss every step, or the released epoch rule
+PROJECTIONS = ("max_normalize", "clip")  # see gate.project_gates
+DTYPES = ("float32", "bfloat16", "float16")
+
+# (dotted field, default, comment), in the order --show_config lists them.
+FIELDS = (
+    ("seed", 0, "seeds initialisation, data order and augmentation"),
+    ("method", "csg", '"std" (standard training) or "csg" (class-specific gates)'),
+    ("num_epochs", 30.0, "passes over the training split (fractions allowed)"),
+    ("batch_size", 128, "global batch: all devices and processes together"),
+    ("eval_batch_size", 256,
+     "global batch for evaluation (the last one is padded, not dropped)"),
+    ("log_every_steps", 50, "progress line and metrics.jsonl row every N steps"),
+    ("eval_every_steps", 0, "test-split evaluation every N steps (0: only at the end)"),
+    ("checkpoint_every_steps", 500, "checkpoint every N steps (and always at the end)"),
+    ("keep_checkpoints", 3, "newest checkpoints kept on disk"),
+    ("tensorboard_images", True,
+     "figures (gate, MI matrices, histogram, atlas) in TensorBoard"),
+    ("tensorboard_atlas_filters", 64,
+     "filters in the TensorBoard atlas at the end (0: none)"),
+    ("init_from", "", "start from another run's weights: its workdir or a checkpoints/<step>"),
+    ("init_from_skip", "", 'regex of parameters not taken from init_from, e.g. "^head/"'),
+
+    ("model.name", "resnet20",
+     "tiny | resnet{6n+2} (CIFAR) | resnet18/34/50/101/152 (ImageNet)"),
+    ("model.width", 0, "base width (0: the architecture's standard 16 or 64)"),
+    ("model.dtype", "float32", "trunk compute dtype: float32 | bfloat16 | float16"),
+    ("model.pytorch_padding", True, 'ImageNet ResNets pad like PyTorch (False: "SAME")'),
+
+    ("optimizer.name", "sgd", "sgd | adam"),
+    ("optimizer.learning_rate", 0.1, "peak learning rate"),
+    ("optimizer.momentum", 0.9, "SGD momentum (0: plain SGD)"),
+    ("optimizer.nesterov", False, "Nesterov momentum for SGD"),
+    ("optimizer.weight_decay", 5e-4, "coupled L2 on conv/dense kernels (0: off)"),
+    ("optimizer.schedule", "cosine", "cosine | multistep | constant"),
+    ("optimizer.warmup_steps", 0, "linear warm-up steps (cosine only)"),
+    ("optimizer.milestones", (0.5, 0.75),
+     "multistep: decay points as fractions of training"),
+    ("optimizer.milestone_epochs", (),
+     "multistep: decay after N own epochs (empty: milestones)"),
+    ("optimizer.decay_factor", 0.1, "multistep: learning-rate factor at each milestone"),
+    ("optimizer.grad_clip_norm", 0.0, "clip gradients to this global norm (0: off)"),
+    ("optimizer.freeze", "", 'regex searched in parameter paths: frozen, e.g. "stem|stage1"'),
+
+    ("csg.schedule", "joint", "joint (paper's loss every step) | alternate (released code)"),
+    ("csg.gated_loss_weight", 1.0, "lambda1: weight of CE on the gated path (joint)"),
+    ("csg.gate.init", 0.5, "initial value of every gate entry"),
+    ("csg.gate.sparsity_weight", 0.01,
+     "lambda2: weight of the L1 hinge max(0, ||G||_1 - d*C*K)"),
+    ("csg.gate.target_density", 0.1, "d: the hinge is zero while ||G||_1 <= d*C*K"),
+    ("csg.gate.projection", "max_normalize",
+     "max_normalize (released: column max -> 1) | clip"),
+    ("csg.gate.optimizer", "sgd", "optimiser of G: sgd | adam"),
+    ("csg.gate.learning_rate", 0.1,
+     "peak learning rate of G (same schedule shape as the trunk)"),
+    ("csg.gate.momentum", 0.9, "momentum of G's SGD (0: plain SGD)"),
+    ("csg.alternate.warmup_epochs", 10, "STD-only epochs before the first CSG epoch"),
+    ("csg.alternate.period", 3,
+     "epoch e >= warmup_epochs is a CSG epoch iff e % period >= min_phase"),
+    ("csg.alternate.min_phase", 2, "see period"),
+    ("csg.alternate.optimizer", "adam", "optimiser B (CSG epochs) for the trunk layers it trains"),
+    ("csg.alternate.learning_rate", 1e-3, "learning rate of optimiser B"),
+    ("csg.alternate.freeze", "", "extra regex of layers frozen in CSG epochs"),
+)
+
+def base_config(data_source: str = "digits") -> ml_collections.ConfigDict:
+  """Every field at its default, the data fields defaulted for `data_source`."""
+  config = ml_collections.ConfigDict()
+  for name, default, _ in FIELDS:
+    node = config
+    *parents, leaf = name.split(".")
+    for part in parents:
+      if part not in node:
+        node[part] = ml_collections.ConfigDict()
+      node = node[part]
+    node[leaf] = default
+  config.data = data_lib.default_config(data_source)  # the input pipeline (csg_jax/data)
+  return config
+
+
+def comments() -> dict[str, str]:
+  """{"csg.gate.target_density": "d: the hinge is zero while ...", "data.path": ...}."""
+  out = {name: comment for name, _, comment in FIELDS}
+  out.update({f"data.{name}": comment for name, comment in data_lib.field_comments().items()})
+  return out
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def describe(config) -> str:
+  """Every field of `config` with its value and one-line comment, one per line."""
+  notes = comments()
+  rows = [(name, repr(value)) for name, value in flatten(config.to_dict()).items()]
+  width = max(len(f"{n} = {v}") for n, v in rows)
+  return "\n".join(f"{n} = {v}".ljust(width) + (f"  # {notes[n]}" if n in notes else "")
+                   for n, v in rows)
