@@ -150,7 +150,7 @@ def evaluate_checkpoint(workdir: str) -> dict:
   eval_fn = predict.make_eval_fn(run.model, run.mesh)
   result = predict.evaluate(eval_fn, run.state, run.dataset, run.config, run.mesh)
   summary = predict.summarize_eval(result, run.dataset.num_classes, run.state.host_gate(),
-                                 run.config.seed)
+                                 predict.mis_seed(run.config))
   return {"method": run.config.method, "step": int(run.step), "accuracy": summary["accuracy"],
           "mis": summary["mis"], "gate_density": summary["gate_density"]}
 

@@ -66,6 +66,12 @@ def absolute(path: str) -> str:
   return str(path) if is_remote(path) else os.path.abspath(os.path.expanduser(path))
 
 
+def name(path: str) -> str:
+  """What outputs that are shared call a workdir: the last part of its path, without the
+  machine's folders."""
+  return basename(absolute(path))
+
+
 def basename(path: str) -> str:
   return str(path).rstrip("/").rsplit("/", 1)[-1]
 

@@ -56,19 +56,28 @@ def sparsity_hinge(gates: jnp.ndarray, target_density: float) -> jnp.ndarray:
 def project_gates(gates: jnp.ndarray, mode: str = "max_normalize") -> jnp.ndarray:
   """Maps G back onto the feasible set.
 
-  - "max_normalize" (the released code): each filter's column is divided by its maximum over
-    classes, then clipped to [0, 1], so every filter keeps at least one class fully open. A column
-    whose maximum is <= 0 is left unscaled (only clipped) instead of producing NaN or Inf.
+  - "max_normalize": each filter's column is divided by its maximum over classes, then clipped
+    to [0, 1], so every filter keeps at least one class fully open. A column whose maximum is
+    <= 0 is left unscaled (only clipped): it closes (all zero) instead of producing NaN or Inf.
+  - "released": the released clip_lmask exactly (VOCPart/train/resnet_std.py lines 129-134):
+    the column divided by its maximum, whatever its sign, then clipped. A negative maximum
+    reopens the whole column (every entry divided by it is >= 1, clipped to 1); a zero maximum
+    gives NaN, which the training loop stops on, naming the filter. No filter can stay closed.
   - "clip" (the paper's constraint G in [0, 1]^{CxK}): clip only.
   """
-  if mode == "max_normalize":
+  if mode == "released":
+    col_max = gates.max(axis=0, keepdims=True)
+    # x / x is exactly 1 in IEEE arithmetic; XLA may multiply by the reciprocal instead.
+    gates = jnp.where((gates == col_max) & (col_max != 0), 1.0, gates / col_max)
+  elif mode == "max_normalize":
     col_max = gates.max(axis=0, keepdims=True)
     scaled = gates / jnp.where(col_max > 0, col_max, 1.0)
     # XLA may divide by multiplying with the reciprocal, which can leave the maximum at
     # 1 - 1ulp; the maximal entry is set to exactly 1, as the definition says.
     gates = jnp.where((gates == col_max) & (col_max > 0), 1.0, scaled)
   elif mode != "clip":
-    raise ValueError(f"unknown gate projection {mode!r}; use 'max_normalize' or 'clip'")
+    raise ValueError(f"unknown gate projection {mode!r}; use 'max_normalize', 'released' or "
+                     "'clip'")
   return jnp.clip(gates, 0.0, 1.0)
 
 

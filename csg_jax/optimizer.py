@@ -4,6 +4,7 @@ Every trainable leaf is labelled "trunk", "frozen" (by name pattern, for fine-tu
 The gate's chain is the design's sparsity-regularised, projected update:
 
   g  <- dCE/dG + sparsity_weight * d/dG max(0, ||G||_1 - d*C*K)   (add_sparsity_gradient)
+  g  <- g + weight_decay * G                                       (when csg.gate.weight_decay)
   u  <- gate optimiser (SGD or Adam, own learning rate) of g
   u  <- project(G + u) - G                                         (project_gates_transform)
 
@@ -16,6 +17,7 @@ import functools
 import re
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from csg_jax import gate as gate_lib
@@ -31,16 +33,27 @@ def _needs_params(params, name: str) -> None:
     raise ValueError(f"{name} needs the current gate values: call update(grads, state, params)")
 
 
-def add_sparsity_gradient(weight: float, target_density: float) -> optax.GradientTransformation:
+def add_sparsity_gradient(weight: float, target_density: float,
+                          subgradient: str = "jax") -> optax.GradientTransformation:
   """Adds the gradient of weight * max(0, ||G||_1 - d*C*K) at the current G to G's gradient.
 
-  That is weight * sign(G) while G is over its L1 budget and zero within it. It is JAX's
-  gradient of the term, exactly what the loss-side hinge of earlier versions gave, kinks
-  included: at an entry G = 0, JAX's d|x|/dx is +1 where PyTorch's (the released code's
-  `torch.norm(mask, p=1)`, VOCPart/train/resnet_std.py lines 124-127) is 0. After the projection
-  the difference only shows through momentum; docs/csg-method.md gives its measured effect.
+  That is weight * sign(G) while G is over its L1 budget and zero within it; the kinks follow
+  `subgradient`:
+  - "jax": JAX's gradient of the term, exactly what the loss-side hinge of earlier versions
+    gave: at an entry G = 0, d|x|/dx = +1 (and at exactly the budget, max's 1/2).
+  - "torch": the released code's, `relu(torch.norm(mask, p=1) - budget)`
+    (VOCPart/train/resnet_std.py lines 124-127): d|x|/dx = 0 at G = 0, and 0 at the budget.
+  After the projection the difference at G = 0 only shows through momentum; docs/csg-method.md
+  gives its measured effect.
   """
-  sparsity_grad = jax.grad(lambda g: weight * gate_lib.sparsity_hinge(g, target_density))
+  if subgradient == "jax":
+    sparsity_grad = jax.grad(lambda g: weight * gate_lib.sparsity_hinge(g, target_density))
+  elif subgradient == "torch":
+    def sparsity_grad(g):
+      over = gate_lib.sparsity_hinge(g, target_density) > 0
+      return jnp.where(over, weight * jnp.sign(g), 0.0).astype(g.dtype)
+  else:
+    raise CSGError(f"unknown L1 subgradient {subgradient!r}; use 'jax' or 'torch'")
 
   def init_fn(params):
     del params
@@ -125,6 +138,11 @@ def _decay_mask(params):
   return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
 
 
+def _decay_everything(params):
+  """Weight decay on every parameter, as torch.optim's weight_decay applies it to a group."""
+  return jax.tree_util.tree_map(lambda p: True, params)
+
+
 def trunk_transform(name: str, schedule: optax.Schedule,
                     opt_config) -> optax.GradientTransformation:
   parts = []
@@ -132,17 +150,23 @@ def trunk_transform(name: str, schedule: optax.Schedule,
     parts.append(optax.clip_by_global_norm(opt_config.grad_clip_norm))
   if opt_config.weight_decay > 0:
     # Coupled L2 (added to the gradient), as torch.optim's weight_decay does for SGD and Adam.
-    parts.append(optax.add_decayed_weights(opt_config.weight_decay, mask=_decay_mask))
+    mask = _decay_everything if opt_config.decay_every_parameter else _decay_mask
+    parts.append(optax.add_decayed_weights(opt_config.weight_decay, mask=mask))
   parts.append(_base_optimizer(name, schedule, opt_config.momentum, opt_config.nesterov))
   return optax.chain(*parts)
 
 
 def gate_transform(gate_config, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """Sparsity gradient, then the gate's own optimiser, then the projection (see module doc)."""
-  return optax.chain(
-      add_sparsity_gradient(gate_config.sparsity_weight, gate_config.target_density),
-      _base_optimizer(gate_config.optimizer, schedule, gate_config.momentum),
-      project_gates_transform(gate_config.projection))
+  """Sparsity gradient, the gate's weight decay (coupled, as torch.optim's), then the gate's own
+  optimiser, then the projection (see module doc)."""
+  parts = [add_sparsity_gradient(gate_config.sparsity_weight, gate_config.target_density,
+                                 gate_config.l1_subgradient)]
+  if gate_config.weight_decay > 0:
+    parts.append(optax.add_decayed_weights(gate_config.weight_decay))
+  parts += [_base_optimizer(gate_config.optimizer, schedule, gate_config.momentum,
+                            gate_config.nesterov),
+            project_gates_transform(gate_config.projection)]
+  return optax.chain(*parts)
 
 
 def compile_freeze_pattern(pattern: str) -> re.Pattern | None:

@@ -53,9 +53,14 @@ def test_renamed_fields_point_to_existing_fields():
 def test_upgrade_moves_every_old_name():
   new = config_lib.base_config().to_dict()
   inverse = {v: k for k, v in config_lib.RENAMED.items()}
+  # Fields added after the renaming: an old config has none of them.
+  added_later = {"csg.gate.l1_subgradient", "csg.gate.nesterov", "csg.gate.weight_decay",
+                 "mis_seed", "std_config", "optimizer.decay_every_parameter"}
   # The same config spelled with the old names, built by hand from the renaming table.
   old = {}
   for name in _leaf_names(new):
+    if name in added_later:
+      continue
     value = new
     for part in name.split("."):
       value = value[part]
@@ -65,7 +70,15 @@ def test_upgrade_moves_every_old_name():
       node = node.setdefault(part, {})
     node[leaf] = value
   assert "csg_weight" in old["csg"] and "gate" not in old["csg"]
-  assert json.dumps(config_lib.upgrade(old), sort_keys=True, default=str) == json.dumps(
+  upgraded = config_lib.upgrade(old)
+  assert set(upgraded["csg"]["gate"]) == set(new["csg"]["gate"]) - {
+      n.rsplit(".", 1)[1] for n in added_later if n.startswith("csg.gate.")}
+  # complete() adds the later fields at their defaults (the older runs' behaviour), and the
+  # mis_seed of ADDED: None, the run's own seed, as runs before it were evaluated.
+  completed = config_lib.complete(old)
+  assert completed["mis_seed"] is None
+  completed["mis_seed"] = new["mis_seed"]
+  assert json.dumps(completed, sort_keys=True, default=str) == json.dumps(
       new, sort_keys=True, default=str)
 
 
@@ -278,23 +291,34 @@ def test_every_config_file_validates(tmp_path):
 
 
 def test_released_cifar_config_alternates_and_decays_as_train_py_would():
-  """train.py's defaults over 200 epochs: epochs 0-9 STD, then e % 3 >= 1 is CSG: 10 + 63
-  STD epochs (12, 15, ..., 198) and 127 CSG epochs. Each MultiStepLR([80, 120, 160]) steps once
-  per epoch of its own phase: STD (lr 0.1) never decays; CSG (lr_reg 1.0) after its 80th and
-  120th epoch. 640 training images of batch 64: 10 steps an epoch."""
+  """train.py's `while epoch <= num_epochs` with --epoch 200 runs epochs 0..200: 0-9 STD, then
+  e % 3 >= 1 is CSG: 10 + 63 STD epochs (12, 15, ..., 198) and 128 CSG epochs (the last, 200,
+  is one). Each MultiStepLR([80, 120, 160]) steps once per epoch of its own phase: STD (lr 0.1)
+  never decays; CSG (lr_reg 1.0) after its 80th and 120th epoch. 640 training images of batch
+  64: 10 steps an epoch."""
   from csg_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
   from csg_jax.plan import Plan  # pylint: disable=g-import-not-at-top
   config = _config_file("cifar10_resnet20_released")
   plan = Plan.from_config(config, 640)
-  csg_epochs = [e for e in range(200) if e >= 10 and e % 3 >= 1]
-  assert len(csg_epochs) == 127
-  assert [plan.phase(10 * e) for e in range(200)] == [
-      "csg" if e in csg_epochs else "std" for e in range(200)]
+  released_epochs = []
+  epoch = 0
+  while epoch <= 200:  # train.py line 131, with --epoch 200
+    released_epochs.append(epoch)
+    epoch += 1
+  csg_epochs = [e for e in released_epochs if e >= 10 and e % 3 >= 1]
+  assert len(released_epochs) == 201 and len(csg_epochs) == 128 and 200 in csg_epochs
+  assert plan.total_steps == 201 * 10
+  assert [plan.phase(10 * e) for e in released_epochs] == [
+      "csg" if e in csg_epochs else "std" for e in released_epochs]
   rates = optimizer_lib.schedules(config, plan)
-  std_steps, csg_steps = 73 * 10, 127 * 10
+  std_steps, csg_steps = 73 * 10, 128 * 10
+  assert plan.optimizers["std"].steps == std_steps and plan.optimizers["csg"].steps == csg_steps
   np.testing.assert_allclose([rates["std"]["trunk"](s) for s in (0, std_steps - 1)], [0.1, 0.1],
                              rtol=1e-6)
   for schedule in (rates["csg"]["trunk"], rates["csg"]["gate"]):
     np.testing.assert_allclose(
         [schedule(s) for s in (0, 799, 800, 1199, 1200, csg_steps - 1)],
         [1.0, 1.0, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)
+  # The released rules of the gate: clip_lmask exactly, torch.norm's subgradient, MIS seed 0.
+  assert (config.csg.gate.projection, config.csg.gate.l1_subgradient, config.mis_seed) == (
+      "released", "torch", 0)

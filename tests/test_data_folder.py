@@ -171,6 +171,25 @@ def test_layout_errors_are_clear(tmp_path):
     data.load_dataset(_config(tmp_path / "e", tmp_path / "cache"))
 
 
+def test_one_class_is_refused_naming_the_likely_mistake_and_nothing_is_written(tmp_path):
+  """A split with a single class folder (data.path one level too deep, or a one-class data set)
+  would train to accuracy 1.0: refused before the cache, the workdir or anything else exists."""
+  from conftest import small_config  # pylint: disable=g-import-not-at-top
+  from csg_jax import training  # pylint: disable=g-import-not-at-top
+  for split in ("train", "test"):
+    os.makedirs(tmp_path / "d" / split / "cat")
+    Image.fromarray(RGB).save(tmp_path / "d" / split / "cat" / "0.png")
+  with pytest.raises(CSGError, match=r"split 'train' has one class folder \(train/cat\); a "
+                                     r"classifier needs two or more\. .*one level too deep"):
+    data.load_dataset(_config(tmp_path / "d", tmp_path / "cache"))
+  config = small_config()
+  config.data.update(source="folder", path=str(tmp_path / "d"), cache_dir=str(tmp_path / "cache"))
+  with pytest.raises(CSGError, match="has one class folder"):
+    training.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
+  assert not os.path.exists(tmp_path / "cache") or os.listdir(tmp_path / "cache") == []
+
+
 def test_failed_build_leaves_no_partial_cache(tmp_path, monkeypatch):
   _write_tree(tmp_path / "d")
 

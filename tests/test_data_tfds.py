@@ -1,9 +1,15 @@
 """csg_jax.data TFDS source: reading through tfds.testing.mock_data, preparing a data set built
-offline from PNG files (no download, no TensorFlow), and the one-line errors of unprepared data."""
+offline from PNG files (no download, no TensorFlow), the one-line errors of unprepared data, and
+a download that cannot happen: a quick failure that leaves data_dir as it was."""
 
+import json
+import logging
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -38,6 +44,64 @@ class CsgTinyPngs(tfds.core.GeneratorBasedBuilder):
       yield path.name, {"image": path, "label": path.parent.name}
 
 
+class CsgUnreachable(tfds.core.GeneratorBasedBuilder):
+  """Downloads its one file from `url_infos`, set by the test to a port nothing listens on."""
+  VERSION = tfds.core.Version("1.0.0")
+  url_infos = {}
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(4, 4, 3)),
+        "label": tfds.features.ClassLabel(names=("a", "b"))}))
+
+  def _split_generators(self, dl_manager):
+    path = dl_manager.download(next(iter(self.url_infos)))
+    return {"train": self._generate_examples(path)}
+
+  def _generate_examples(self, path):
+    yield from ()
+
+
+class CsgFailsMidway(CsgUnreachable):
+  """Fails as a download cut off midway does, after one file finished (with the .INFO that TFDS
+  writes last) and another was partly written into TFDS's temporary folder."""
+  url_infos = {"https://files.example/done.bin": None, "https://files.example/part.bin": None}
+
+  def _split_generators(self, dl_manager):
+    folder = dl_manager.download_dir / self.name
+    (folder / "part.bin.tmp.0123").mkdir(parents=True)
+    (folder / "part.bin.tmp.0123" / "part.bin").write_bytes(b"half")
+    (folder / "done.bin").write_bytes(b"whole")
+    (folder / "done.bin.INFO").write_text(json.dumps({"urls": ["https://files.example/done.bin"]}))
+    (dl_manager.download_dir / "extracted" / "ZIP.done.bin").mkdir(parents=True)
+    raise ConnectionError("Connection reset by peer")
+
+
+def _closed_port() -> int:
+  """A local port nothing listens on: connecting is refused at once."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _tree(root) -> set[str]:
+  return {os.path.relpath(os.path.join(d, n), root) for d, dirs, files in os.walk(root)
+          for n in dirs + files}
+
+
+@pytest.fixture(name="reachable")
+def _reachable(monkeypatch):
+  """Every host reachable, without the network (mock_data's download_and_prepare does nothing)."""
+  monkeypatch.setattr(tfds_source, "can_connect", lambda host, port: None)
+
+
+@pytest.fixture(name="no_proxy_env")
+def _no_proxy_env(monkeypatch):
+  for var in ("http_proxy", "https_proxy", "ftp_proxy", "all_proxy", "no_proxy"):
+    monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv(var.upper(), raising=False)
+
+
 def _config(**overrides):
   cfg = data.default_config("tfds")
   cfg.prefetch = 0
@@ -46,7 +110,7 @@ def _config(**overrides):
   return cfg
 
 
-def test_mock_cifar10_through_data_source():
+def test_mock_cifar10_through_data_source(reachable):
   with tfds.testing.mock_data(num_examples=20):
     ds = data.load_dataset(_config())
     # Without metadata files the mock names CIFAR-10's classes '0'..'9'.
@@ -69,7 +133,7 @@ def test_mock_cifar10_through_data_source():
     assert seen == 20
 
 
-def test_mock_cifar10_resized():
+def test_mock_cifar10_resized(reachable):
   with tfds.testing.mock_data(num_examples=4):
     ds = data.load_dataset(_config(image_size=16))
     assert ds.image_shape == (16, 16, 3)
@@ -110,6 +174,9 @@ def test_missing_module_while_preparing_names_it_and_the_command():
   class Builder:  # what TFDS does when TensorFlow is absent: re-raises with the import error
     data_dir_root = "/data/tfds"
 
+    def is_prepared(self):
+      return False
+
     def download_and_prepare(self, file_format):
       assert file_format == "array_record"
       try:
@@ -118,7 +185,7 @@ def test_missing_module_while_preparing_names_it_and_the_command():
         raise RuntimeError("Failed to encode example") from e
 
   with pytest.raises(CSGError) as e:
-    tfds_source.prepare(Builder(), "cifar10")
+    tfds_source.prepare(Builder(), "cifar10", probe=lambda host, port: None)
   assert str(e.value).startswith("Preparing TFDS data set 'cifar10' needs the Python module "
                                  "'tensorflow'")
   assert "python launch/prepare_tfds.py --name=cifar10 --data_dir=/data/tfds`" in str(e.value)
@@ -174,3 +241,158 @@ def test_out_of_range_label_names_the_split():
   split = tfds_source.TfdsSplit(source, "validation", None, 10, lambda: source)
   with pytest.raises(CSGError, match=r"Split 'validation' has label 12 outside \[0, 10\)"):
     split.read(np.array([0]))
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_unreachable_download_host_fails_at_once_and_leaves_data_dir_as_it_was(
+    tmp_path, monkeypatch, no_proxy_env, fresh):
+  """The real probe, against a local port that refuses: no retries (TFDS's own would take about
+  200 s), one line naming the host and the fix, and data_dir as it was (absent, if it was)."""
+  port = _closed_port()
+  monkeypatch.setattr(CsgUnreachable, "url_infos", {f"http://127.0.0.1:{port}/file.bin": None})
+  data_dir = tmp_path / "new" / "tfds" if fresh else tmp_path / "tfds"
+  if not fresh:
+    (data_dir / "keep").mkdir(parents=True)
+    (data_dir / "keep" / "notes.txt").write_text("mine")
+    (data_dir / "downloads" / "manual").mkdir(parents=True)
+  before = _tree(tmp_path)
+  start = time.monotonic()
+  with pytest.raises(CSGError) as e:
+    data.load_dataset(_config(name="csg_unreachable", data_dir=str(data_dir)))  # download=True
+  assert time.monotonic() - start < 10
+  message = str(e.value)
+  assert "\n" not in message
+  assert message.startswith("TFDS data set 'csg_unreachable' cannot be downloaded: "
+                            f"127.0.0.1:{port}, where its files are downloaded from, cannot be "
+                            "reached (")
+  assert message.endswith(
+      "Prepare it on a machine with internet access (`pip install -e \".[tfds]\" && python "
+      "launch/prepare_tfds.py --name=csg_unreachable --data_dir=<dir>`) and copy "
+      f"<dir>/csg_unreachable into {data_dir}, or set data.data_dir to a prepared copy.")
+  assert _tree(tmp_path) == before
+  assert logging.root.manager.disable == logging.NOTSET  # library logging as it was
+
+
+def test_a_resolver_that_never_answers_costs_the_timeout(tmp_path, monkeypatch):
+  monkeypatch.setattr(tfds_source, "PROBE_TIMEOUT_S", 0.2)
+  release = threading.Event()
+
+  def hangs(host, port):
+    release.wait(30)
+
+  builder = tfds_source.open_builder("csg_unreachable", str(tmp_path))
+  start = time.monotonic()
+  try:
+    with pytest.raises(CSGError, match=r"cannot be reached \(no answer within 0.2 s\)"):
+      tfds_source.prepare(builder, "csg_unreachable", probe=hangs)
+    assert time.monotonic() - start < 2
+  finally:
+    release.set()
+  assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_failed_prepare_removes_what_it_wrote_but_finished_downloads(tmp_path, fresh):
+  data_dir = tmp_path / "new" / "tfds" if fresh else tmp_path / "tfds"
+  if not fresh:
+    (data_dir / "keep").mkdir(parents=True)
+    (data_dir / "downloads" / "csg_fails_midway").mkdir(parents=True)
+    (data_dir / "downloads" / "csg_fails_midway" / "old.bin.tmp.9999").mkdir()
+    (data_dir / "downloads" / "extracted").mkdir()
+  before = _tree(tmp_path)
+  builder = tfds_source.open_builder("csg_fails_midway", str(data_dir))
+  with pytest.raises(CSGError, match="TFDS could not download and prepare 'csg_fails_midway' "
+                     r"into .*: ConnectionError: Connection reset by peer\. Prepare it"):
+    tfds_source.prepare(builder, "csg_fails_midway", probe=lambda host, port: None)
+  done = os.path.join(os.path.relpath(data_dir, tmp_path), "downloads", "csg_fails_midway",
+                      "done.bin")
+  folders = {done[:i] for i, c in enumerate(done) if c == os.sep}
+  # What was there stays; of what the attempt wrote, only the finished download (TFDS reuses it).
+  assert _tree(tmp_path) == before | folders | {done, done + ".INFO"}
+  # The next attempt connects only for what is still to download.
+  assert tfds_source.download_hosts(builder) == {
+      ("files.example", 443): "where its files are downloaded from"}
+
+
+def test_download_hosts_through_the_environment_proxy(tmp_path, monkeypatch, no_proxy_env):
+  class Builder:
+    data_dir_root = str(tmp_path)
+    url_infos = {"https://a.example/x.tgz": None, "http://b.example:8080/y.tgz": None,
+                 "https://a.example/z.tgz": None, "ftp://c.example/w.gz": None}
+
+  assert tfds_source.download_hosts(Builder()) == {
+      ("a.example", 443): "where its files are downloaded from",
+      ("b.example", 8080): "where its files are downloaded from",
+      ("c.example", 21): "where its files are downloaded from"}
+  monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+  monkeypatch.setenv("no_proxy", "c.example")
+  monkeypatch.setenv("ftp_proxy", "proxy.example:3129")
+  assert tfds_source.download_hosts(Builder()) == {
+      ("proxy.example", 3128): "the https proxy set in the environment",
+      ("b.example", 8080): "where its files are downloaded from",
+      ("c.example", 21): "where its files are downloaded from"}
+  Builder.url_infos = None  # TFDS lists no URLs: TFDS's own host stands for the network
+  assert list(tfds_source.download_hosts(Builder())) == [("proxy.example", 3128)]
+  monkeypatch.delenv("https_proxy")
+  assert tfds_source.download_hosts(Builder()) == {
+      ("storage.googleapis.com", 443): "where TFDS downloads most data sets from"}
+  assert tfds_source.download_hosts(CsgTinyPngs(data_dir=str(tmp_path))) == {}  # placed by hand
+
+
+def test_one_host_that_answers_is_enough(tmp_path, no_proxy_env):
+  """A checksums file may list hosts of earlier versions: only no answer at all stops the run."""
+  class Builder:
+    data_dir_root = str(tmp_path)
+    url_infos = {"https://old.example/x.tgz": None, "https://new.example/x.tgz": None}
+
+  asked = []
+
+  def probe(host, port):
+    asked.append((host, port))
+    return None if host == "new.example" else "Connection refused"
+
+  tfds_source.check_network("x", Builder(), probe)
+  assert sorted(asked) == [("new.example", 443), ("old.example", 443)]
+  with pytest.raises(CSGError) as e:
+    tfds_source.check_network("x", Builder(), lambda host, port: "Connection refused")
+  assert str(e.value).startswith(
+      "TFDS data set 'x' cannot be downloaded: old.example:443, where its files are downloaded "
+      "from, cannot be reached (Connection refused), nor can any other of the 2 hosts it needs. ")
+
+
+def test_tfds_warnings_stay_off_the_terminal(tmp_path, caplog, capfd):
+  """A version folder without dataset_info.json makes TFDS warn (absl logging) on every look."""
+  (tmp_path / "csg_tiny_pngs" / "1.0.0").mkdir(parents=True)
+  caplog.set_level(logging.WARNING)
+  tfds.builder("csg_tiny_pngs", data_dir=str(tmp_path)).is_prepared()
+  assert any("Variant folder" in r.getMessage() for r in caplog.records)  # TFDS's own call warns
+  caplog.clear()
+  capfd.readouterr()
+  with pytest.raises(CSGError, match="'csg_tiny_pngs' is not prepared in data_dir"):
+    data.load_dataset(_config(name="csg_tiny_pngs", data_dir=str(tmp_path), download=False))
+  assert not caplog.records and "Variant folder" not in capfd.readouterr().err
+  assert logging.root.manager.disable == logging.NOTSET
+  assert _tree(tmp_path) == {"csg_tiny_pngs", os.path.join("csg_tiny_pngs", "1.0.0")}
+
+
+@pytest.mark.slow
+def test_prepare_tfds_offline_is_one_line_in_seconds(tmp_path):
+  """The launcher end to end, its downloads sent to a proxy that refuses: what an offline machine
+  sees, on any machine."""
+  proxy = f"http://127.0.0.1:{_closed_port()}"
+  env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+  env.update(https_proxy=proxy, http_proxy=proxy, HTTPS_PROXY=proxy, HTTP_PROXY=proxy)
+  (tmp_path / "tfds" / "keep").mkdir(parents=True)
+  before = _tree(tmp_path)
+  start = time.monotonic()
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch", "prepare_tfds.py"), "--name=mnist",
+       f"--data_dir={tmp_path / 'tfds'}"], capture_output=True, text=True, timeout=120, env=env)
+  elapsed = time.monotonic() - start
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr[-2000:]  # one line
+  assert proc.stderr.startswith("error: TFDS data set 'mnist' cannot be downloaded: 127.0.0.1:")
+  assert "the https proxy set in the environment, cannot be reached" in proc.stderr
+  assert not proc.stdout.strip(), proc.stdout
+  assert elapsed < 60  # imports included; without the check, TFDS retries for about 200 s
+  assert _tree(tmp_path) == before

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import matplotlib.image
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from csg_jax.evaluation import mis as mis_lib
 from csg_jax.evaluation import report as report_lib
 from csg_jax.experiments import compare
 from csg_jax.experiments import statistics
+from csg_jax import runs
 from csg_jax import training
 
 
@@ -29,6 +31,59 @@ def test_mi_ceiling_is_the_largest_class_indicator_entropy():
   labels = np.array([0] * 50 + [1] * 30 + [2] * 20)
   p = 0.5  # class 0: H(0.5) = ln 2 is the largest
   assert mis_lib.mi_ceiling(labels, 3) == np.float64(-2 * p * np.log(p))
+
+
+def test_mis_of_a_seed_1_run_is_sklearns_with_random_state_0(tmp_path, monkeypatch):
+  """The released evaluation calls mutual_info_classif(..., random_state=0) whatever the run's
+  seed (VOCPart/mutualinfo/mutualinfo.py lines 110-112): so does csg-evaluate by default."""
+  from sklearn.feature_selection import mutual_info_classif  # pylint: disable=g-import-not-at-top
+  from csg_jax.evaluation import predict  # pylint: disable=g-import-not-at-top
+  config = small_config(seed=1, num_epochs=0.2)
+  config.model.name = "tiny"
+  training.train_and_evaluate(config, str(tmp_path))
+  run = runs.load_run(str(tmp_path))
+  out = predict.evaluate(predict.make_eval_fn(run.model, run.mesh), run.state, run.dataset,
+                         run.config, run.mesh)
+  want = np.stack([mutual_info_classif(out["features"], out["label"] == c, n_neighbors=3,
+                                       random_state=0) for c in range(10)])
+  seeds = []
+  estimator = mis_lib.mutual_information_matrix
+
+  def recorded(*args, seed, **kwargs):
+    seeds.append(seed)
+    return estimator(*args, seed=seed, **kwargs)
+
+  monkeypatch.setattr(mis_lib, "mutual_information_matrix", recorded)
+  mi = report_lib.evaluate_workdir(str(tmp_path)).mi_matrix
+  assert seeds == [0]  # the estimator's noise (it breaks ties) is drawn with random_state 0
+  np.testing.assert_allclose(mi, want, rtol=0, atol=1e-9)
+  # A run written before mis_seed existed keeps being evaluated with its own seed.
+  assert predict.mis_seed(run.config) == 0
+  run.config.mis_seed = None
+  assert predict.mis_seed(run.config) == 1
+
+
+def test_report_counts_closed_filters_apart_from_every_class(straight_run, tmp_path):
+  """A gate with 5 all-zero columns: report.json counts them as closed, never under class 0."""
+  run = runs.load_run(straight_run[0])
+  variables = jax.device_get(run.state.variables())
+  gate = np.array(run.state.host_gate())
+  gate[:, [0, 3, 4, 9, 15]] = 0.0
+  gate[:, 1] = 0.0
+  gate[7, 1] = 0.25  # open, for class 7 only
+  variables["gates"] = jax.tree_util.tree_map(lambda _: gate, variables["gates"])  # the one G
+  workdir = str(tmp_path / "closed")
+  runs.save_as_run(run.config, variables, workdir)
+  report = report_lib.evaluate_workdir(workdir).report
+  open_cols = [k for k in range(16) if k not in (0, 3, 4, 9, 15)]
+  expected = np.bincount(gate[:, open_cols].argmax(0), minlength=10)
+  counts = report["filters_per_class"]
+  assert counts["closed_by_gate"] == 5
+  assert list(counts["by_gate"].values()) == expected.tolist()
+  assert sum(counts["by_gate"].values()) == 11 and expected[7] >= 1
+  assert report["workdir"] == "closed"  # the name only: no machine's folders in shared outputs
+  assert set(mis_lib.gate_filters_per_class(np.zeros((3, 4)))[0]) == {0}  # all closed
+  assert mis_lib.gate_filters_per_class(np.zeros((3, 4)))[1] == 4
 
 
 @pytest.mark.slow

@@ -162,7 +162,12 @@ def test_std_run_is_explained_without_a_gate(std_run, tmp_path):
                                      "photo.png", "test_5.png"]
   assert os.path.exists(os.path.join(std_run, "eval", "mi_matrix.npy"))  # evaluated first
   data = json.loads(open(os.path.join(out, "explanations.json")).read())
-  assert [r["source"] for r in data["images"]] == ["test[5]", str(image_file)]
+  # Shareable: the image file relative to the output folder, the workdir by its name only.
+  assert [r["source"] for r in data["images"]] == [
+      "test[5]", os.path.relpath(str(image_file), out)]
+  assert os.path.normpath(os.path.join(out, data["images"][1]["source"])) == str(image_file)
+  assert data["workdir"] == os.path.basename(std_run)
+  assert str(tmp_path) not in open(os.path.join(out, "explanations.json")).read()
   assert data["images"][1]["label"] is None
   for r in data["images"]:
     assert len(r["contributions"]) == 16

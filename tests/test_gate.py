@@ -49,6 +49,21 @@ class GateFunctionsTest(chex.TestCase):
     assert float(hinge(g, 0.5)) == 0.0  # within budget: no penalty
 
 
+def test_released_projection_reopens_a_negative_column_and_gives_nan_for_a_zero_one():
+  """clip_lmask (resnet_std.py lines 129-134): divide by the column max, whatever its sign."""
+  g = jnp.array([[0.5, -0.2, 0.0, 2.0],
+                 [0.25, -0.4, 0.0, 1.0],
+                 [0.0, -0.1, 0.0, 0.5]])
+  out = np.asarray(gate_lib.project_gates(g, "released"))
+  np.testing.assert_array_equal(out[:, 0], [1.0, 0.5, 0.0])  # positive max: / max
+  np.testing.assert_array_equal(out[:, 1], [1.0, 1.0, 1.0])  # negative max: every entry >= 1
+  assert np.isnan(out[:, 2]).all()  # 0 / 0, as torch
+  np.testing.assert_array_equal(out[:, 3], [1.0, 0.5, 0.25])
+  # Ours closes the last two instead: no filter can stay closed under the released rule.
+  np.testing.assert_array_equal(np.asarray(gate_lib.project_gates(g, "max_normalize"))[:, 1:3],
+                                0.0)
+
+
 def test_unknown_projection_is_an_error():
   with pytest.raises(ValueError, match="unknown gate projection"):
     gate_lib.project_gates(jnp.zeros((2, 2)), "softmax")

@@ -75,7 +75,8 @@ def test_overrides_reach_the_run_and_name_its_workdir(tmp_path):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["--config.no_such_field=1"], "no_such_field"),
+    (["--config.no_such_field=1"], "no config field named 'no_such_field' (check the "
+                                   "--config.<field> overrides; --show_config lists every field"),
     (["--config.batch_size=abc"], "batch_size"),
     (["--config.model.name=resnet21"], "unknown model 'resnet21'"),
     (["--config.data.source=imagenet"], "data.source"),
@@ -88,6 +89,8 @@ def test_overrides_reach_the_run_and_name_its_workdir(tmp_path):
     (["--config.data.name=cifar100"],
      "--config.data.name is not read by this run (data.source is 'digits'; it is read by tfds)"),
     (["--config", "configs/no_such_config.py"], "no_such_config"),
+    (["--config", "no_such_name"], "--config no_such_name: no such file, and no shipped config "
+                                   "of that name (shipped: cifar10_resnet20, "),
 ])
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, args, expected):
   workdir = tmp_path / "w"
@@ -108,6 +111,44 @@ def test_compare_seeds_flag_values():
   for bad in ("0,x", "1,1", "-1", "0,,2"):
     with pytest.raises(CSGError, match=f"--seeds is '{bad}': give distinct non-negative"):
       cli.parse_seeds(bad)
+
+
+def test_compare_trains_the_configs_std_baseline_with_the_same_overrides(tmp_path):
+  """A config naming its STD baseline (config.std_config, as voc_part_resnet152 does): the STD
+  run is that config with the command's overrides, the CSG run this one; compare.md names both.
+  Unit-level: the shipped VOC config's STD run is the released baseline (stage 2 trains)."""
+  from csg_jax.config import load_config_file  # pylint: disable=g-import-not-at-top
+  from csg_jax.experiments import compare  # pylint: disable=g-import-not-at-top
+  voc = load_config_file("voc_part_resnet152")
+  std = compare.std_baseline(voc, {"data.path": "/data/voc_part", "seed": 3})
+  released = load_config_file("voc_part_resnet152_std")
+  assert std.method == "std" and std.optimizer.freeze == released.optimizer.freeze
+  assert voc.optimizer.freeze != released.optimizer.freeze
+  assert (std.data.path, std.seed) == ("/data/voc_part", 3)
+
+  base = ("from csg_jax.config import base_config\n"
+          "def get_config():\n"
+          "  c = base_config('digits')\n"
+          "  c.model.name, c.model.width, c.batch_size, c.num_epochs = 'tiny', 4, 64, 0.2\n"
+          "  c.tensorboard_images = False\n")
+  (tmp_path / "mine.py").write_text(base + f"  c.std_config = {str(tmp_path / 'mine_std.py')!r}\n"
+                                    "  return c\n")
+  (tmp_path / "mine_std.py").write_text(base + "  c.optimizer.learning_rate = 0.05\n"
+                                        "  return c\n")
+  root = tmp_path / "cmp"
+  proc = _run([*_shim("compare"), f"--config={tmp_path / 'mine.py'}", "--config.seed=2",
+               f"--workdir={root}"])
+  assert proc.returncode == 0, proc.stderr
+  std_run = json.loads((root / "std" / "config.json").read_text())
+  csg_run = json.loads((root / "csg" / "config.json").read_text())
+  assert (std_run["method"], std_run["optimizer"]["learning_rate"], std_run["seed"]) == (
+      "std", 0.05, 2)
+  assert (csg_run["method"], csg_run["optimizer"]["learning_rate"], csg_run["seed"]) == (
+      "csg", 0.1, 2)
+  text = (root / "compare.md").read_text()
+  assert "Configs: STD: mine_std.py (its std_config), the same overrides; CSG: mine.py, " \
+         "seed=2, method=csg." in text
+  assert str(tmp_path) not in text  # workdirs relative to compare.md's folder
 
 
 def test_compare_bad_seeds_is_one_line_and_writes_nothing(tmp_path):

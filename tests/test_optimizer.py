@@ -225,6 +225,68 @@ def test_sparsity_gradient_only_over_budget():
     add.update(zeros, add.init(over))
 
 
+# --- The released SGD branch and rules (VOCPart/train/train.py lines 357-359, resnet_std.py) ----
+
+
+def _np_clip_lmask(g):
+  """resnet_std.py lines 129-134 on G [C, K] (theirs is [K, C]): each filter's classes divided
+  by their max, whatever its sign, clamped to [0, 1]; numpy's 0/0 = nan like torch's."""
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.clip(g / g.max(axis=0, keepdims=True), 0.0, 1.0)
+
+
+def test_released_sgd_branch_equals_torch_sgd_restated_in_numpy():
+  """torch.optim.SGD(momentum=0.9, nesterov=True, weight_decay=1e-4) on G, the loss holding
+  lambda * relu(torch.norm(G, 1) - budget) (0 subgradient at G = 0), then clip_lmask; entries
+  at exactly 0 over the budget, a negative column (reopened) and a decayed bias."""
+  weight, density, lr, wd = 0.3, 0.1, 0.05, 1e-4
+  config = _config(optimizer="sgd", momentum=0.9, nesterov=True, weight_decay=wd,
+                   learning_rate=lr, projection="released", l1_subgradient="torch",
+                   sparsity_weight=weight, target_density=density)
+  config.optimizer.update(momentum=0.9, nesterov=True, weight_decay=wd,
+                          decay_every_parameter=True)
+  tx = _optimizers(config)["main"]
+  tree = _tree(0)
+  g0 = np.array([[0.5, 0.0, -0.3, 0.9], [0.2, 0.0, -0.1, 0.0], [0.0, 0.7, -0.2, 0.4]],
+                np.float32)
+  tree["gates"]["gate"]["G"] = jnp.asarray(g0)
+  state = tx.init(tree)
+  g_ref, buf = g0.astype(np.float64), np.zeros_like(g0, np.float64)
+  rng = np.random.default_rng(3)
+  for step in range(3):
+    ce_grad = rng.normal(size=(3, 4)).astype(np.float32)
+    grads = jax.tree_util.tree_map(jnp.zeros_like, tree)
+    grads["gates"]["gate"]["G"] = jnp.asarray(ce_grad)
+    bias_before = np.asarray(tree["params"]["head"]["bias"], np.float64)
+    updates, state = tx.update(grads, state, tree)
+    tree = optax.apply_updates(tree, updates)
+    # torch: d_p = grad + wd * p; buf = momentum * buf + d_p; d_p = d_p + momentum * buf.
+    over = np.abs(g_ref).sum() > density * g_ref.size
+    d_p = ce_grad + weight * np.sign(g_ref) * over + wd * g_ref
+    buf = 0.9 * buf + d_p
+    g_ref = _np_clip_lmask(g_ref - lr * (d_p + 0.9 * buf))
+    np.testing.assert_allclose(tree["gates"]["gate"]["G"], g_ref, rtol=1e-5, atol=1e-6,
+                               err_msg=f"step {step}")
+  # decay_every_parameter: the head's bias decays with a zero gradient (not only kernels).
+  assert not np.allclose(np.asarray(tree["params"]["head"]["bias"]), bias_before)
+
+
+def test_subgradient_at_zero_follows_l1_subgradient():
+  over = jnp.array([[1.0, 0.0], [-0.5, 0.25]])  # sum |G| = 1.75 > 0.25 * 4 = 1
+  at_budget = jnp.array([[0.5, 0.0], [-0.25, 0.25]])  # sum |G| = 1: exactly the budget
+  zeros = jnp.zeros((2, 2))
+  torch_rule = optimizer_lib.add_sparsity_gradient(0.5, 0.25, "torch")
+  np.testing.assert_array_equal(torch_rule.update(zeros, torch_rule.init(over), over)[0],
+                                [[0.5, 0.0], [-0.5, 0.5]])  # torch.norm: 0 at G = 0
+  np.testing.assert_array_equal(
+      torch_rule.update(zeros, torch_rule.init(at_budget), at_budget)[0], 0.0)  # relu'(0) = 0
+  jax_rule = optimizer_lib.add_sparsity_gradient(0.5, 0.25, "jax")
+  np.testing.assert_array_equal(jax_rule.update(zeros, jax_rule.init(over), over)[0],
+                                [[0.5, 0.5], [-0.5, 0.5]])
+  with pytest.raises(Exception, match="unknown L1 subgradient 'numpy'"):
+    optimizer_lib.add_sparsity_gradient(0.5, 0.25, "numpy")
+
+
 # --- The trunk's options against numpy --------------------------------------------------------
 
 

@@ -5,12 +5,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import small_config
+from conftest import REPO, small_config
 from csg_jax import data as data_lib
 from csg_jax import runs
 from csg_jax import training
@@ -74,6 +75,34 @@ def test_sigterm_checkpoints_the_current_step_and_resumes_exactly(straight_run, 
   monkeypatch.setattr(data_lib, "train_batches", real)
   assert training.train_and_evaluate(small_config(), workdir) == straight
   _assert_same_final_state(straight_dir, workdir)
+
+
+@pytest.mark.slow
+def test_sigterm_on_slow_steps_exits_within_a_few_steps(tmp_path):
+  """Steps of ~0.5 s (ResNet-20 on 32 px images, 2 cores) logged every 50 steps: the loop must
+  not dispatch far ahead of the device, or SIGTERM waits for every queued step (it took 20 s and
+  30 steps before the bound on steps in flight). The checkpoint is that of the step in flight
+  when the signal came, written within a few steps' time."""
+  workdir = tmp_path / "w"
+  process = subprocess.Popen(
+      [sys.executable, os.path.join(REPO, "launch", "train.py"), f"--workdir={workdir}",
+       "--config.model.name=resnet20", "--config.data.image_size=32", "--config.num_epochs=20",
+       "--config.log_every_steps=50", "--config.checkpoint_every_steps=0"],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path))
+  for line in process.stdout:  # the step loop starts right after this line
+    if line.startswith("Training"):
+      break
+  started = time.perf_counter()
+  time.sleep(8)
+  process.send_signal(signal.SIGTERM)
+  signalled = time.perf_counter()
+  output = process.communicate(timeout=120)[0]
+  to_exit = time.perf_counter() - signalled
+  assert process.returncode == 2, output
+  (step,) = [int(d) for d in os.listdir(workdir / "checkpoints")]
+  assert f"stopped by SIGTERM after step {step}; checkpoint saved" in output
+  step_time = (signalled - started) / step  # an upper bound: compiling is in it
+  assert to_exit < 5 + 3 * step_time, (to_exit, step, step_time)
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(straight_run, tmp_path,

@@ -6,10 +6,13 @@ torchvision-layout ResNets at reduced width with randomised BN, their logits com
 Tests marked by `pytest.importorskip("torch")` also check .pth files against a live torch.
 """
 
+import ast
 import functools
 import importlib.util
+import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -227,6 +230,72 @@ def test_launcher_bad_file_is_one_line_and_writes_nothing(tmp_path):
   assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
   assert "is not a .safetensors file or a PyTorch state dict" in proc.stderr
   assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.slow
+def test_launcher_records_what_the_weights_need_and_evaluate_says_it_in_one_line(tmp_path):
+  """The default config's data (digits) has 1 channel; the fixture's conv1 (8, 3, 7, 7) takes 3.
+  The import warns and records it; evaluation then refuses in one line, reading no array."""
+  workdir = str(tmp_path / "w8")
+  weights = os.path.relpath(_path(PLAIN18), REPO)
+  proc = _import(f"--weights={weights}", f"--workdir={workdir}", "--config.model.name=resnet18")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.splitlines()[0] == (
+      f"warning: {weights}'s conv1 takes 3 input channels but this config's data (digits) has 1: "
+      f"{workdir} serves as --config.init_from, but evaluating it needs a config whose data has "
+      "3 channels")
+  assert (f"as std resnet18 (width 8, 3 input channels, 10 classes, K = 64) into {workdir}; "
+          "evaluate it on data of 3 channels and 10 classes, or fine-tune from it with "
+          f"--config.init_from={workdir} --config.model.name=resnet18 --config.model.width=8 "
+          "(and --config.init_from_skip='^head/' for a new head)") in proc.stdout
+  with open(os.path.join(workdir, "imported.json")) as f:
+    assert json.load(f) == {"weights": weights, "model": "resnet18", "width": 8,
+                            "input_channels": 3, "num_classes": 10, "gate": False}
+
+  evaluate = subprocess.run([sys.executable, os.path.join(REPO, "launch", "evaluate.py"),
+                             f"--workdir={workdir}"], capture_output=True, text=True, cwd=REPO,
+                            timeout=300)
+  assert evaluate.returncode == 2
+  assert evaluate.stderr.strip().splitlines() == [
+      f"error: the checkpoint in {workdir} (step 0) holds a resnet18 at base width 8 with 3 input "
+      "channels and 10 classes; its config.json builds one with 1 input channel: the weights "
+      f"({weights}) were imported with a config whose data does not fit them; import them again, "
+      "into a new --workdir, with a config whose data has 3 channels and 10 classes (the "
+      "checkpoint itself is intact)"]
+  assert "unusable" not in evaluate.stdout
+
+
+@pytest.mark.slow
+def test_launcher_refuses_another_class_count_and_writes_nothing(tmp_path):
+  proc = _import(f"--weights={_path(PLAIN18)}", f"--workdir={tmp_path / 'w'}",
+                 "--config.model.name=resnet18", "--config.data.num_classes=6")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      f"error: {_path(PLAIN18)}: fc.weight has shape (10, 64), a 10-class head, but 6 classes were "
+      "asked for; import it as it is and fine-tune a new head with "
+      "--config.init_from_skip='^head/'"]
+  assert not os.path.exists(tmp_path / "w")
+
+
+def _flags_of_commands(text: str, weights: str) -> list[list[str]]:
+  """The flags of each import command of `weights` in `text` (continuation lines joined)."""
+  commands = re.sub(r"\\\n\s*", " ", text).replace("--config ", "--config=").splitlines()
+  return [sorted(t for t in c.split() if t.startswith("--") and not t.startswith("--workdir"))
+          for c in commands if f"--weights {weights}" in c]
+
+
+@pytest.mark.parametrize("weights", ["CSG.pt", "resnet152-394f9c45.pth"])
+def test_help_and_docs_import_the_same_way(weights):
+  """--help (the module's docstring) imports each file with the flags docs/pretrained.md uses:
+  the authors' checkpoints with their released data, whose class order their heads keep."""
+  with open(os.path.join(REPO, "docs", "pretrained.md")) as f:
+    docs = _flags_of_commands(f.read(), weights)
+  with open(os.path.join(REPO, "csg_jax", "cli", "import_torch.py")) as f:
+    # Read, not imported: importing would define the command's flags in this process.
+    help_text = _flags_of_commands(ast.get_docstring(ast.parse(f.read())), weights)
+  assert help_text and docs and all(flags in docs for flags in help_text)
+  if weights == "CSG.pt":
+    assert "--config.data.source=voc_part_released" in help_text[0]
 
 
 @pytest.mark.parametrize("padding", [True, False])

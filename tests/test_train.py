@@ -115,6 +115,51 @@ def test_logging_evaluation_and_checkpoint_cadence(tmp_path):
       "gate/closed_filters"][-1][1] == 8  # each of the K = 8 filters (tiny, width 4) once
 
 
+def test_gate_budget_note_names_the_filters_that_must_close():
+  """Under max_normalize an open filter has a gate column maximum of 1: d*C*K < K closes filters."""
+  config = small_config(csg=dict(gate=dict(target_density=0.05)))
+  note = loop.gate_budget_note(config, num_classes=10, num_filters=64)
+  assert "d = 0.05 is below 1/C = 0.1 (10 classes)" in note
+  assert "budget d*C*K = 32 keeps at most 32 of the 64 filters open" in note
+  assert "at most 16 of the 64" in loop.gate_budget_note(config, num_classes=5, num_filters=64)
+  assert loop.gate_budget_note(config, num_classes=20, num_filters=64) is None  # d*C = 1
+  config.csg.gate.projection = "clip"
+  assert loop.gate_budget_note(config, num_classes=10, num_filters=64) is None
+  assert loop.gate_budget_note(small_config(method="std"), 3, 64) is None
+
+
+def test_nan_gate_under_the_released_projection_names_the_filter_and_the_step():
+  pending = [(3, {"loss": 1.0, "gate_finite": 1.0, "gate_bad_filter": -1.0}),
+             (4, {"loss": 1.0, "gate_finite": 0.0, "gate_bad_filter": 7.0}),
+             (5, {"loss": float("nan"), "gate_finite": 0.0, "gate_bad_filter": 7.0})]
+  with pytest.raises(Exception, match=r"the gate column of filter 7 became NaN at step 5: its "
+                                      r"maximum reached exactly 0.*the last good checkpoint is "
+                                      r"step 2.*projection=max_normalize"):
+    loop._check_finite(pending, 2, "released")
+  with pytest.raises(Exception, match="non-finite gate at step 5"):
+    loop._check_finite(pending, 2, "max_normalize")
+  loop._check_finite(pending[:1], 2, "released")  # finite: nothing to say
+
+
+def test_closed_filters_are_noted_once_and_logged(tmp_path, capsys):
+  """clip with a tiny budget closes every filter within a few steps: one note when they first
+  close, `gate_closed` in the training rows; progress lines only every log_every_steps (not at
+  the checkpoint-only steps 7, 14, 21), while metrics.jsonl also has rows at checkpoints."""
+  config = small_config(log_every_steps=5, checkpoint_every_steps=7, csg=dict(gate=dict(
+      projection="clip", target_density=0.01, sparsity_weight=1.0)))
+  training.train_and_evaluate(config, str(tmp_path))
+  out = capsys.readouterr().out
+  assert out.count("filters are closed at step") == 1
+  assert "note: 16 of 16 filters are closed at step" in out
+  printed = [int(l.split()[1].split("/")[0]) for l in out.splitlines() if l.startswith("step ")]
+  assert printed == [5, 10, 15, 20, 23]
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train_rows = [r for r in rows if r["split"] == "train"]
+  assert [r["step"] for r in train_rows] == [5, 7, 10, 14, 15, 20, 21, 23]
+  final_gate = runs.load_run(str(tmp_path)).state.host_gate()
+  assert train_rows[-1]["gate_closed"] == (final_gate.max(axis=0) <= 0).sum() > 0
+
+
 def test_validation_split_during_training_and_test_once_at_the_end(tmp_path):
   """With data.validation_fraction, evaluation during training reads 'val'; 'test' only at the
   end."""

@@ -26,10 +26,10 @@ from csg_jax.errors import CSGError
 
 DEFAULT_CONFIG = config_files.DEFAULT_CONFIG  # csg_jax/configs/default.py, in every install
 
-# Where the fields of each config-valued flag are defined, for the "no such field" message.
-_FIELDS_DEFINED_IN = {"config": "csg_jax/config/schema.py and csg_jax/data/config.py, or "
-                                "--show_config",
-                      "app": "app_config() of csg_jax/evaluation/applications.py"}
+# Where a user finds the fields of each config-valued flag, for the "no such field" message.
+_FIELDS_LISTED = {"config": "--show_config lists every field with its value and comment",
+                  "app": "the fields are listed in app_config() of "
+                         "csg_jax/evaluation/applications.py"}
 # --config.csg.gate.init=0.5 -> ("config", "csg.gate.init")
 _OVERRIDE = re.compile(r"^--?(\w+)\.([\w.]+)")
 
@@ -85,7 +85,7 @@ def config_errors():
       renamed = config_lib.renamed_field_message(field)
       if renamed:
         _fail(f"there is no config field named {field!r}{renamed}")
-    where = f"the fields are listed in {_FIELDS_DEFINED_IN.get(flag, f'the --{flag} default')}"
+    where = _FIELDS_LISTED.get(flag, f"the fields are those of the --{flag} default")
     if hint:  # ml_collections' 'Did you mean "x" instead of "y"?'
       _fail(f"there is no {flag} field named {field!r}; {hint[:1].lower()}{hint[1:]} ({where})")
     _fail(f"there is no {flag} field named {field!r} (check the --{flag}.<field> overrides; "
@@ -181,11 +181,20 @@ def run(main: Callable[[list[str]], None]) -> None:
 def default_workdir(config, config_flag_name: str = "config") -> str:
   """workdirs/<dataset>_<model>_<method>[-<field>=<value>...]: the overrides that differ from
   the config file's values name the run, so a changed command never resumes another run."""
-  flag = flags.FLAGS[config_flag_name]
   with config_errors():
     defaults = config_flags_module.ConfigFileFlagParser(name=config_flag_name).parse(
-        config_flags.get_config_filename(flag))
+        config_file_name(config_flag_name))
   return os.path.join("workdirs", config_lib.run_name(config, defaults))
+
+
+def config_overrides(config_flag_name: str = "config") -> dict:
+  """{dotted field: value} of the --config.<field>=<value> overrides on the command line."""
+  return dict(config_flags.get_override_values(flags.FLAGS[config_flag_name]))
+
+
+def config_file_name(config_flag_name: str = "config") -> str:
+  """The path of the config file --config loaded."""
+  return config_flags.get_config_filename(flags.FLAGS[config_flag_name])
 
 
 def check_overrides_are_read(config, config_flag_name: str = "config") -> None:

@@ -6,6 +6,9 @@ r"""Downloads and prepares a TFDS data set as ArrayRecord files, the format csg_
 Preparing runs TFDS's builder for the data set, which for most image data sets needs TensorFlow:
 install it with `pip install -e ".[tfds]"` (training reads the prepared files without it).
 Run it once before a multi-process run, whose processes should not all prepare at once.
+It downloads the data set's files: without internet access it says so within seconds. Then
+prepare it on a machine that has access and copy <data_dir>/<name> over. A failed attempt
+removes what it wrote under --data_dir, except downloads that finished (the next one reuses them).
 From a checkout without `pip install -e .`: python launch/prepare_tfds.py ...
 """
 

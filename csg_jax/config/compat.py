@@ -6,7 +6,7 @@ added since then the value that reproduces the older run.
 
 from __future__ import annotations
 
-from csg_jax.config.schema import flatten
+from csg_jax.config.schema import base_config, flatten
 from csg_jax.errors import CSGError
 
 # Fields of earlier versions -> their name now (config.json of older workdirs is read through it).
@@ -32,6 +32,7 @@ RENAMED = {
 ADDED = {
     "model.pytorch_padding": False,  # runs before it padded stride-2 windows "SAME"
     "data.validation_fraction": 0.0,  # runs before it trained on the whole train split
+    "mis_seed": None,  # runs before it seeded the MI estimator with config.seed
 }
 
 
@@ -53,6 +54,23 @@ def upgrade(config_dict: dict) -> dict:
   for name, value in ADDED.items():
     node, leaf = _parent(out, name)
     node.setdefault(leaf, value)
+  return out
+
+
+def complete(config_dict: dict) -> dict:
+  """`upgrade(config_dict)` with every field it still lacks at today's default (for its data
+  source): a field added since it was written, whose default keeps the older run's function."""
+  out = upgrade(config_dict)
+  source = out.get("data", {}).get("source", "digits")
+
+  def fill(node: dict, defaults: dict) -> None:
+    for key, value in defaults.items():
+      if key not in node:
+        node[key] = value
+      elif isinstance(value, dict) and isinstance(node[key], dict):
+        fill(node[key], value)
+
+  fill(out, base_config(source).to_dict())
   return out
 
 

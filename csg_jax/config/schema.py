@@ -13,7 +13,8 @@ from csg_jax import data as data_lib
 
 METHODS = ("std", "csg")  # standard training, or class-specific gates
 CSG_SCHEDULES = ("joint", "alternate")  # the paper's loss every step, or the released epoch rule
-PROJECTIONS = ("max_normalize", "clip")  # see gate.project_gates
+PROJECTIONS = ("max_normalize", "released", "clip")  # see gate.project_gates
+L1_SUBGRADIENTS = ("jax", "torch")  # the hinge's d|g|/dg at g = 0: +1 (JAX's) or 0 (torch's)
 DTYPES = ("float32", "bfloat16", "float16")
 
 # (dotted field, default, comment), in the order --show_config lists them.
@@ -34,6 +35,9 @@ FIELDS = (
      "filters in the TensorBoard atlas at the end (0: none)"),
     ("init_from", "", "start from another run's weights: its workdir or a checkpoints/<step>"),
     ("init_from_skip", "", 'regex of parameters not taken from init_from, e.g. "^head/"'),
+    ("mis_seed", 0, "random_state of the MI estimator's noise (the released evaluation's 0)"),
+    ("std_config", "",
+     "csg-compare's STD run: a config file or shipped name (empty: this config, method=std)"),
 
     ("model.name", "resnet20",
      "tiny | resnet{6n+2} (CIFAR) | resnet18/34/50/101/152 (ImageNet)"),
@@ -46,6 +50,8 @@ FIELDS = (
     ("optimizer.momentum", 0.9, "SGD momentum (0: plain SGD)"),
     ("optimizer.nesterov", False, "Nesterov momentum for SGD"),
     ("optimizer.weight_decay", 5e-4, "coupled L2 on conv/dense kernels (0: off)"),
+    ("optimizer.decay_every_parameter", False,
+     "weight decay on every parameter, biases and BN too (torch.optim's), not kernels only"),
     ("optimizer.schedule", "cosine", "cosine | multistep | constant"),
     ("optimizer.warmup_steps", 0, "linear warm-up steps (cosine only)"),
     ("optimizer.milestones", (0.5, 0.75),
@@ -63,11 +69,15 @@ FIELDS = (
      "lambda2: weight of the L1 hinge max(0, ||G||_1 - d*C*K)"),
     ("csg.gate.target_density", 0.1, "d: the hinge is zero while ||G||_1 <= d*C*K"),
     ("csg.gate.projection", "max_normalize",
-     "max_normalize (released: column max -> 1) | clip"),
+     "max_normalize (column max -> 1; max <= 0 closes) | released (clip_lmask exactly) | clip"),
+    ("csg.gate.l1_subgradient", "jax",
+     "the hinge's d|g|/dg at g = 0: jax (+1) | torch (0, the released torch.norm's)"),
     ("csg.gate.optimizer", "sgd", "optimiser of G: sgd | adam"),
     ("csg.gate.learning_rate", 0.1,
      "peak learning rate of G (same schedule shape as the trunk)"),
     ("csg.gate.momentum", 0.9, "momentum of G's SGD (0: plain SGD)"),
+    ("csg.gate.nesterov", False, "Nesterov momentum for G's SGD"),
+    ("csg.gate.weight_decay", 0.0, "coupled L2 on G, before its optimiser (0: off)"),
     ("csg.alternate.warmup_epochs", 10, "STD-only epochs before the first CSG epoch"),
     ("csg.alternate.period", 3,
      "epoch e >= warmup_epochs is a CSG epoch iff e % period >= min_phase"),

@@ -10,7 +10,7 @@ from csg_jax import data as data_lib
 from csg_jax import models
 from csg_jax import optimizer as optimizer_lib
 from csg_jax.config.compat import check_no_old_names
-from csg_jax.config.schema import CSG_SCHEDULES, DTYPES, METHODS, PROJECTIONS
+from csg_jax.config.schema import CSG_SCHEDULES, DTYPES, L1_SUBGRADIENTS, METHODS, PROJECTIONS
 from csg_jax.data import sources
 from csg_jax.errors import CSGError
 
@@ -25,6 +25,8 @@ def unread_fields(config, fields) -> list:
       ("csg.alternate.", csg.schedule == "alternate", f"csg.schedule is {csg.schedule!r}"),
       ("csg.gated_loss_weight", csg.schedule == "joint", f"csg.schedule is {csg.schedule!r}"),
       ("csg.gate.momentum", csg.gate.optimizer == "sgd",
+       f"csg.gate.optimizer is {csg.gate.optimizer!r}"),
+      ("csg.gate.nesterov", csg.gate.optimizer == "sgd",
        f"csg.gate.optimizer is {csg.gate.optimizer!r}"),
       ("optimizer.milestone", opt.schedule == "multistep",
        f"optimizer.schedule is {opt.schedule!r}"),
@@ -70,6 +72,10 @@ def validate(config) -> None:
     _require(config[field] > 0, field, f"is {config[field]}; it must be a positive integer")
   for field in ("eval_every_steps", "checkpoint_every_steps", "tensorboard_atlas_filters"):
     _require(config[field] >= 0, field, f"is {config[field]}; it must be >= 0 (0: off)")
+  _require(config.mis_seed is None or (isinstance(config.mis_seed, int) and config.mis_seed >= 0),
+           "mis_seed", f"is {config.mis_seed!r}; it must be a whole number >= 0")
+  _require(isinstance(config.std_config, str), "std_config",
+           "must be a config file's path or a shipped config's name ('' for none)")
 
   models.build_backbone(config.model.name)  # raises on an unknown name
   _one_of(config, "model.dtype", DTYPES)
@@ -83,6 +89,8 @@ def validate(config) -> None:
   _require(opt.learning_rate > 0, "optimizer.learning_rate", "must be > 0")
   _require(0 <= opt.momentum < 1, "optimizer.momentum", "must be in [0, 1)")
   _require(opt.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
+  _require(isinstance(opt.decay_every_parameter, bool), "optimizer.decay_every_parameter",
+           "must be True or False")
   _require(opt.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0")
   _require(opt.grad_clip_norm >= 0, "optimizer.grad_clip_norm", "must be >= 0 (0: off)")
   _require(0 < opt.decay_factor <= 1, "optimizer.decay_factor", "must be in (0, 1]")
@@ -108,6 +116,9 @@ def validate(config) -> None:
   _one_of(config, "csg.gate.optimizer", optimizer_lib.OPTIMIZERS)
   _require(gate.learning_rate > 0, "csg.gate.learning_rate", "must be > 0")
   _require(0 <= gate.momentum < 1, "csg.gate.momentum", "must be in [0, 1)")
+  _require(isinstance(gate.nesterov, bool), "csg.gate.nesterov", "must be True or False")
+  _require(gate.weight_decay >= 0, "csg.gate.weight_decay", "must be >= 0 (0: off)")
+  _one_of(config, "csg.gate.l1_subgradient", L1_SUBGRADIENTS)
 
   _require(alternate.warmup_epochs >= 0, "csg.alternate.warmup_epochs", "must be >= 0")
   _require(alternate.period >= 1, "csg.alternate.period", "must be >= 1")

@@ -51,5 +51,7 @@ def get_config():
   config.csg.gate.learning_rate = 1e-3  # same learning rate as optimiser B
   config.csg.gate.sparsity_weight = 1e-3  # hinge weight in CSG epochs
   config.csg.gate.target_density = 0.2  # L1 budget 0.2 * C * K
-  config.csg.gate.projection = "max_normalize"  # column max -> 1 after every CSG step
+  config.csg.gate.projection = "released"  # clip_lmask exactly: column max -> 1 every CSG step
+  config.csg.gate.l1_subgradient = "torch"  # torch.norm(mask, p=1): 0 at G = 0
+  config.std_config = "voc_part_resnet152_std"  # csg-compare's STD run: the released baseline
   return config

@@ -211,6 +211,13 @@ def _layout(files: Iterable[str], dirs: set[str], roles: dict[str, str],
           f"{roles[first]!r}: {sorted(first_classes - classes)}); every split needs the same "
           "classes.")
   class_names = tuple(sorted(first_classes))
+  if len(class_names) < 2:
+    split = roles[first]
+    raise CSGError(
+        f"{where}: split {split!r} has one class folder ({prefix}{split}/{class_names[0]}); a "
+        "classifier needs two or more. data.path must be the folder that holds "
+        f"{'/, '.join(roles.values())}/, each with one folder per class: is it one level too "
+        "deep (a split folder, or one class's folder)?")
   return class_names, {
       role: [(label, rel) for label, c in enumerate(class_names) for rel in by_class[c]]
       for role, by_class in per_role.items()

@@ -29,6 +29,9 @@ def load_dataset(data_config, *, seed: int = 0, statistics: Statistics | None = 
   for role, split in dataset.splits.items():
     if isinstance(split, ArraySplit):  # Other splits check labels as they read them.
       check_labels(role, split.labels, dataset.num_classes)
+  if dataset.num_classes < 2:
+    raise CSGError(f"{dataset.name!r} has {dataset.num_classes} class(es) "
+                   f"({', '.join(dataset.class_names)}): a classifier needs two or more.")
   if data_config.num_classes is not None and data_config.num_classes != dataset.num_classes:
     raise CSGError(f"data.num_classes is {data_config.num_classes} but {dataset.name!r} has "
                    f"{dataset.num_classes} classes ({', '.join(dataset.class_names[:12])}"

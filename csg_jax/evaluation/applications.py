@@ -113,7 +113,7 @@ def evaluate_run(workdir: str, cfg, *, devices=None) -> tuple[Report, Curves]:
       raise CSGError(f"app.{field}={size} must be a multiple of the {num_devices} devices; set "
                      f"--app.{field}")
 
-  report = {"workdir": fileio.absolute(workdir), "method": config.method,
+  report = {"workdir": fileio.name(workdir), "method": config.method,
             "model": config.model.name, "dataset": dataset.name, "step": int(run.step),
             "class_names": names, "gate_density": None if gate is None else float(gate.mean())}
   results_path = fileio.join(workdir, "results.json")

@@ -41,11 +41,12 @@ class TrainingEvaluator:
     setup, writer = self.setup, self.writer
     result = predict.evaluate(self.eval_fn, state, setup.dataset, setup.config, setup.mesh, split)
     summary = predict.summarize_eval(result, setup.dataset.num_classes, state.host_gate(),
-                                     setup.config.seed)
+                                     predict.mis_seed(setup.config))
     writer.write(step, split, {k: v for k, v in summary.items() if isinstance(v, float)})
     if writer.images:  # rendering costs a fraction of a second: at evaluations only
       writer.write_image(step, f"{split}/mi_matrix", plots.matrix_image(
           summary["mi_matrix"], setup.dataset.class_names, colorbar_label="nats",
+          sorted_by=plots.BY_MI,
           vmax=mis_lib.mi_ceiling(result["label"], setup.dataset.num_classes),
           title=f"MI(filter; class) on {split} at step {step}, MIS {summary['mis']:.3f}"))
     return summary
@@ -63,13 +64,12 @@ class TrainingEvaluator:
     if writer.images:
       writer.write_image(step, "gate", plots.matrix_image(
           gate, names, vmax=1.0, colorbar_label="gate value", cmap="magma",
+          sorted_by=plots.BY_GATE,
           title=f"gate G at step {step}, L1 density {float(gate_lib.l1_density(gate)):.3f}"))
-    is_open = gate.max(axis=0) > 0
-    counts = mis_lib.filters_per_class(mis_lib.assigned_class_from_gate(gate)[is_open],
-                                       len(names))
+    counts, closed = mis_lib.gate_filters_per_class(gate)
     writer.write_tensorboard_scalars(step, {
         **{f"filters_per_class/{name}": count for name, count in zip(names, counts)},
-        "gate/closed_filters": int((~is_open).sum())})
+        "gate/closed_filters": closed})
 
   def finish(self, state, step: int, mi_matrix: np.ndarray, *, atlas_filters: int,
              filters_per_page: int = 16) -> None:

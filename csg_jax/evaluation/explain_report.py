@@ -55,7 +55,10 @@ def _write_explanations(run, workdir, out, classes, scan, indices, files, title,
   if indices:
     test_images, test_labels = run.dataset.splits["test"].read(np.asarray(indices, np.int64))
     images, labels = list(test_images) + images, list(test_labels) + labels
-  sources = [f"test[{i}]" for i in indices] + list(files)
+  # Image files relative to the output folder, so explanations.json names no machine's folders.
+  sources = [f"test[{i}]" for i in indices] + [
+      f if fileio.is_remote(f) or fileio.is_remote(out) else
+      os.path.relpath(fileio.absolute(f), fileio.absolute(out)) for f in files]
   class_names = list(run.dataset.class_names)
   records, shares = [], {"gate": [], "mi": []}
   for e, name in zip(explain.explain_images(run, np.stack(images), sources, labels,
@@ -74,7 +77,7 @@ def _write_explanations(run, workdir, out, classes, scan, indices, files, title,
                                                                           class_names)})
   summary = {by: float(np.mean(v)) for by, v in shares.items() if v}
   fileio.write_json_atomic(fileio.join(out, "explanations.json"), {
-      "workdir": fileio.absolute(workdir), "method": run.config.method, "step": run.step,
+      "workdir": fileio.name(workdir), "method": run.config.method, "step": run.step,
       "class_names": class_names,
       "top3_filters_of_predicted_class": summary, "images": records})
   return summary
@@ -112,7 +115,7 @@ def _write_atlas(run, workdir, out, classes, scan, title, filters_per_page) -> d
     pages.append(name)
   record = explain.atlas_record(scan, classes, class_names)
   fileio.write_json_atomic(fileio.join(out, "atlas.json"), {
-      "workdir": fileio.absolute(workdir), "method": run.config.method, "step": run.step,
+      "workdir": fileio.name(workdir), "method": run.config.method, "step": run.step,
       "pages": pages, **record})
   return {"pages": len(pages), "mean_purity": record["mean_purity"]}
 

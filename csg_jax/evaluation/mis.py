@@ -11,7 +11,7 @@ from csg_jax.errors import CSGError
 from csg_jax.evaluation.mi_estimator import check_num_classes, mutual_information_matrix
 
 __all__ = ["assigned_class_from_gate", "assigned_class_from_mi", "filters_per_class",
-           "mi_ceiling", "mis", "mutual_information_matrix"]
+           "gate_filters_per_class", "mi_ceiling", "mis", "mutual_information_matrix"]
 
 
 def mis(mi_matrix) -> float:
@@ -47,6 +47,18 @@ def filters_per_class(assigned, num_classes: int) -> np.ndarray:
     raise CSGError(f"filters_per_class(): class ids must be in [0, {num_classes}), got "
                    f"[{a.min()}, {a.max()}].")
   return np.bincount(a.astype(np.int64), minlength=num_classes)
+
+
+def gate_filters_per_class(gates) -> tuple[np.ndarray, int]:
+  """([C] open filters per class by the gate's argmax, the number of closed filters).
+
+  A closed filter's gate column is all zero: it serves no class (its argmax, class 0, is a
+  convention of argmax, not an assignment), so it is counted apart, never under a class.
+  """
+  g = np.asarray(gates)
+  assigned = assigned_class_from_gate(g)
+  is_open = g.max(axis=0) > 0
+  return filters_per_class(assigned[is_open], g.shape[0]), int((~is_open).sum())
 
 
 def _argmax_over_classes(m, name: str) -> np.ndarray:

@@ -26,16 +26,28 @@ def _save(fig, path: str, *, dpi: int) -> None:
   plt.close(fig)
 
 
+# How the matrix figures order their filters, as their axis says.
+BY_GATE = "gate class (argmax of its column; closed filters last)"
+BY_MI = "MI class (argmax of its column)"
+
+
 def filter_order(assigned: np.ndarray, strength: np.ndarray) -> np.ndarray:
   """Filters grouped by assigned class, strongest first within a class."""
   return np.lexsort((-strength, assigned))
 
 
-def _matrix_axes(ax, matrix, order, class_names, vmax, title, cmap):
+def matrix_order(matrix: np.ndarray) -> np.ndarray:
+  """Filters grouped by their class in `matrix` (argmax over classes), strongest first; columns
+  that are all zero (a closed gate filter) last."""
+  top = matrix.max(0)
+  return filter_order(np.where(top > 0, matrix.argmax(0), matrix.shape[0]), top)
+
+
+def _matrix_axes(ax, matrix, order, class_names, vmax, title, cmap, sorted_by):
   image = ax.imshow(matrix[:, order], aspect="auto", interpolation="nearest", cmap=cmap,
                     vmin=0.0, vmax=vmax)
   ax.set_title(title)
-  ax.set_xlabel(f"filter (sorted by assigned class), K = {matrix.shape[1]}")
+  ax.set_xlabel(f"filter, grouped by {sorted_by}, K = {matrix.shape[1]}")
   ax.set_ylabel("class")
   if len(class_names) <= 30:
     ax.set_yticks(range(len(class_names)))
@@ -43,21 +55,22 @@ def _matrix_axes(ax, matrix, order, class_names, vmax, title, cmap):
   return image
 
 
-def _matrix_fig(matrix, class_names, title, vmax, colorbar_label, order, cmap):
-  if order is None:
-    order = filter_order(matrix.argmax(0), matrix.max(0))
+def _matrix_fig(matrix, class_names, title, vmax, colorbar_label, sorted_by, cmap):
   fig, ax = plt.subplots(figsize=(10, 3.5))
-  image = _matrix_axes(ax, matrix, order, class_names, vmax, title, cmap)
+  image = _matrix_axes(ax, matrix, matrix_order(matrix), class_names, vmax, title, cmap,
+                       sorted_by)
   fig.colorbar(image, ax=ax, label=colorbar_label)
   fig.tight_layout()
   return fig
 
 
 def matrix_figure(path: str, matrix: np.ndarray, class_names: Sequence[str], *, title: str,
-                  vmax: float, colorbar_label: str, order: np.ndarray | None = None,
+                  vmax: float, colorbar_label: str, sorted_by: str,
                   cmap: str = "viridis") -> None:
-  """A [C, K] matrix (gate or MI) as a heat map, filters sorted by their assigned class."""
-  _save(_matrix_fig(matrix, class_names, title, vmax, colorbar_label, order, cmap), path, dpi=100)
+  """A [C, K] matrix (gate or MI) as a heat map, filters grouped by their class in it
+  (`matrix_order`); `sorted_by` names that class on the axis, e.g. "gate class (closed last)"."""
+  _save(_matrix_fig(matrix, class_names, title, vmax, colorbar_label, sorted_by, cmap), path,
+        dpi=100)
 
 
 def _pixels(fig, *, dpi: int) -> np.ndarray:
@@ -70,9 +83,9 @@ def _pixels(fig, *, dpi: int) -> np.ndarray:
 
 
 def matrix_image(matrix: np.ndarray, class_names: Sequence[str], *, title: str, vmax: float,
-                 colorbar_label: str, cmap: str = "viridis") -> np.ndarray:
+                 colorbar_label: str, sorted_by: str, cmap: str = "viridis") -> np.ndarray:
   """matrix_figure's drawing as uint8 RGB [H, W, 3], for TensorBoard."""
-  return _pixels(_matrix_fig(matrix, class_names, title, vmax, colorbar_label, None, cmap),
+  return _pixels(_matrix_fig(matrix, class_names, title, vmax, colorbar_label, sorted_by, cmap),
                  dpi=100)
 
 
@@ -104,34 +117,38 @@ def _max_mi_histogram_fig(max_mi, mi_ceiling, title):
 
 def comparison_figure(path: str, runs: dict, class_names: Sequence[str], *,
                       mi_ceiling: float) -> None:
-  """Side by side, one column per run: its gate (if any) above its MI matrix; shared scales."""
+  """One column per run: its MI matrix above its max-MI histogram, on shared scales; above
+  them, one row with the gate of each run that has one (across the whole width)."""
   names = list(runs)
+  gated = [name for name in names if runs[name].get("gate") is not None]
   bins = np.linspace(0, mi_ceiling, 31)
   top = max(np.histogram(np.clip(r["mi_matrix"].max(0), 0, mi_ceiling), bins)[0].max()
             for r in runs.values())
-  fig, axes = plt.subplots(3, len(names), figsize=(7 * len(names), 9), squeeze=False)
+  fig = plt.figure(figsize=(7 * len(names), 7 + 3 * bool(gated)), layout="constrained")
+  grid = fig.add_gridspec(2 if gated else 1, 1, height_ratios=[1, 2] if gated else None)
+  if gated:
+    gate_row = grid[0].subgridspec(1, len(gated))
+    for i, name in enumerate(gated):
+      ax = fig.add_subplot(gate_row[0, i])
+      gate = runs[name]["gate"]
+      image = _matrix_axes(ax, gate, matrix_order(gate), class_names, 1.0, f"{name}: gate G",
+                           "magma", BY_GATE)
+      fig.colorbar(image, ax=ax, label="gate value")
+  rows = grid[-1].subgridspec(2, len(names))
   for col, name in enumerate(names):
-    run = runs[name]
-    mi = run["mi_matrix"]
-    order = filter_order(mi.argmax(0), mi.max(0))
-    if run.get("gate") is not None:
-      gate = run["gate"]
-      g_order = filter_order(gate.argmax(0), gate.max(0))
-      image = _matrix_axes(axes[0, col], gate, g_order, class_names, 1.0, f"{name}: gate G",
-                           "magma")
-      fig.colorbar(image, ax=axes[0, col])
-    else:
-      axes[0, col].axis("off")
-      axes[0, col].text(0.5, 0.5, f"{name}: no gate", ha="center", va="center")
-    image = _matrix_axes(axes[1, col], mi, order, class_names, mi_ceiling,
-                         f"{name}: MI(filter; class), MIS {mi.max(0).mean():.3f}", "viridis")
-    fig.colorbar(image, ax=axes[1, col], label="nats")
-    axes[2, col].hist(np.clip(mi.max(0), 0, mi_ceiling), bins=bins)
-    axes[2, col].set_xlim(0, mi_ceiling)
-    axes[2, col].set_ylim(0, top + 1)
-    axes[2, col].set_xlabel("largest MI of a filter over classes (nats)")
-    axes[2, col].set_ylabel("filters")
-  fig.tight_layout()
+    mi = runs[name]["mi_matrix"]
+    ax = fig.add_subplot(rows[0, col])
+    image = _matrix_axes(ax, mi, matrix_order(mi), class_names, mi_ceiling,
+                         f"{name}: MI(filter; class), MIS {mi.max(0).mean():.3f}", "viridis",
+                         BY_MI)
+    fig.colorbar(image, ax=ax, label="nats")
+    ax = fig.add_subplot(rows[1, col])
+    ax.hist(np.clip(mi.max(0), 0, mi_ceiling), bins=bins)
+    ax.set_xlim(0, mi_ceiling)
+    ax.set_ylim(0, top + 1)
+    ax.set_title(f"{name}: largest MI of each filter")
+    ax.set_xlabel("largest MI of a filter over classes (nats)")
+    ax.set_ylabel("filters")
   _save(fig, path, dpi=90)
 
 

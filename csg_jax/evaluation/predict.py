@@ -49,9 +49,17 @@ def evaluate(eval_fn, state, dataset, config, mesh, split: str = "test", *,
   return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
+def mis_seed(config) -> int:
+  """The random_state of the MI estimator: config.mis_seed (default 0, the released evaluation's
+  `mutual_info_classif(..., random_state=0)`, VOCPart/mutualinfo/mutualinfo.py lines 110-112),
+  or the run's seed for a run written before the field existed (mis_seed None)."""
+  return config.seed if config.mis_seed is None else config.mis_seed
+
+
 def summarize_eval(result: Mapping[str, np.ndarray], num_classes: int, gate: np.ndarray | None,
                    seed: int) -> dict[str, Any]:
-  """Accuracy, per-class accuracy, the MI matrix [C, K], MIS and gate density of an evaluation."""
+  """Accuracy, per-class accuracy, the MI matrix [C, K], MIS and gate density of an evaluation;
+  `seed`: the MI estimator's random_state (mis_seed(config))."""
   pred, labels = result["prediction"], result["label"]
   per_class = [float((pred[labels == c] == c).mean()) if (labels == c).any() else None
                for c in range(num_classes)]

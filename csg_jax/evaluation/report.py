@@ -45,14 +45,14 @@ def evaluate_workdir(workdir: str, *, split: str = "test",
   eval_fn = predict.make_eval_fn(run.model, run.mesh)
   result = predict.evaluate(eval_fn, run.state, run.dataset, run.config, run.mesh, split)
   gate = run.state.host_gate()
-  summary = predict.summarize_eval(result, run.dataset.num_classes, gate, run.config.seed)
+  summary = predict.summarize_eval(result, run.dataset.num_classes, gate,
+                                   predict.mis_seed(run.config))
   mi = summary["mi_matrix"]
   names = list(run.dataset.class_names)
   num_classes = run.dataset.num_classes
   ceiling = mis_lib.mi_ceiling(result["label"], num_classes)
   by_mi = mis_lib.filters_per_class(mis_lib.assigned_class_from_mi(mi), num_classes)
-  by_gate = (None if gate is None else mis_lib.filters_per_class(
-      mis_lib.assigned_class_from_gate(gate), num_classes))
+  by_gate, closed = (None, None) if gate is None else mis_lib.gate_filters_per_class(gate)
 
   out_dir = fileio.join(workdir, "eval")
   fileio.makedirs(out_dir)
@@ -62,23 +62,25 @@ def evaluate_workdir(workdir: str, *, split: str = "test",
   title = f"{run.config.method.upper()} {run.config.model.name} on {run.dataset.name}"
   path = {name: fileio.join(workdir, rel) for name, rel in figures.items()}
   plots.matrix_figure(path["mi_matrix"], mi, names, vmax=ceiling, colorbar_label="nats",
-                      title=f"{title}: MI(filter; class), MIS {summary['mis']:.3f}")
+                      sorted_by=plots.BY_MI, title=f"{title}: MI(filter; class), MIS {summary['mis']:.3f}")
   plots.max_mi_histogram(path["max_mi_histogram"], {run.config.method.upper(): mi.max(0)},
                          mi_ceiling=ceiling, title=title)
   if gate is not None:
     plots.matrix_figure(path["gate"], gate, names, vmax=1.0, colorbar_label="gate value",
                         title=f"{title}: gate G, L1 density {summary['gate_density']:.3f}",
-                        cmap="magma")
+                        cmap="magma", sorted_by=plots.BY_GATE)
   with fileio.atomic_file(fileio.join(out_dir, "mi_matrix.npy"), suffix=".npy") as tmp:
     np.save(tmp, mi)
   report = {
-      "workdir": fileio.absolute(workdir),
+      "workdir": fileio.name(workdir),
       "method": run.config.method, "dataset": run.dataset.name, "model": run.config.model.name,
       "step": run.step, "split": split, "num_examples": summary["num_examples"],
       "accuracy": summary["accuracy"], "mis": summary["mis"],
       "gate_density": summary["gate_density"],
       "per_class_accuracy": _per_class(summary["per_class_accuracy"], names),
+      # Open filters per class by the gate, closed ones (all-zero column) apart; by MI.
       "filters_per_class": {"by_gate": None if by_gate is None else _per_class(by_gate, names),
+                            "closed_by_gate": closed,
                             "by_mi": _per_class(by_mi, names)},
       "mi_ceiling": ceiling,
       "figures": figures,

@@ -7,6 +7,6 @@ from csg_jax.runs.state import TrainState, create_train_state
 from csg_jax.runs.trained import TrainedRun, load_run, save_as_run
 from csg_jax.runs.workdir import check_new_workdir, finished_run, read_config, summary_line
 
-__all__ = ["RunSetup", "TrainState", "TrainedRun", "build", "check_new_workdir", "create_train_state",
-           "finished_run", "for_shapes", "load_run", "read_config", "save_as_run",
-           "summary_line"]
+__all__ = ["RunSetup", "TrainState", "TrainedRun", "build", "check_new_workdir",
+           "create_train_state", "finished_run", "for_shapes", "load_run", "read_config",
+           "save_as_run", "summary_line"]

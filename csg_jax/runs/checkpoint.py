@@ -5,7 +5,9 @@ leaves the previous checkpoints intact. Once a save is complete, a SHA-256 manif
 goes to <workdir>/checkpoint_manifests/<step>.json, so later damage (a truncated or overwritten
 file) is detected even where the bytes would still parse. On restore, a checkpoint that fails its
 manifest or fails to load is reported and the next older one is tried; a workdir whose
-checkpoints all fail is an error, never a silent restart from step 0.
+checkpoints all fail is an error, never a silent restart from step 0. A sound checkpoint whose
+shapes (read from its metadata, before any array) are not those the config builds is not damage:
+restoring stops with a `ShapeMismatch` naming the config field that explains the shapes.
 
 Workdirs on gs:// are written by orbax directly. Other object stores (s3://), which this orbax
 cannot write to, are staged: orbax saves into a local folder, each completed step is uploaded
@@ -21,6 +23,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from csg_jax import fileio
 from csg_jax.log import log
@@ -28,6 +31,22 @@ from csg_jax.errors import CSGError
 
 # Object stores orbax (tensorstore) reads and writes itself; others go through a local stage.
 _ORBAX_NATIVE_SCHEMES = ("gs",)
+_ITEM = "default"  # the folder of a step that holds the state (orbax's name for a single item)
+# The collections of a train state that the config's model decides; the rest (step, optimiser
+# states) follow from them and the optimiser settings.
+_MODEL_COLLECTIONS = ("params/", "batch_stats/", "gates/")
+
+
+class ShapeMismatch(CSGError):
+  """A readable checkpoint whose shapes are not those the config builds: not damage.
+
+  `where` names the checkpoint, `what` says what differs, `fields` are the config fields that
+  explain it (model.name, model.width, channels, classes, method; empty when none does).
+  """
+
+  def __init__(self, where: str, what: str, fix: str, fields: tuple[str, ...] = ()):
+    super().__init__(f"{where} {what}: {fix} (the checkpoint itself is intact)")
+    self.where, self.what, self.fields = where, what, fields
 
 
 def _staged(directory: str) -> bool:
@@ -54,6 +73,7 @@ class Checkpointer:
   """Saves every `every_steps` steps (and when forced), keeps the newest `keep` checkpoints."""
 
   def __init__(self, workdir: str, *, every_steps: int, keep: int):
+    self.workdir = workdir  # as given, for messages
     workdir = fileio.absolute(workdir)
     self.directory = fileio.join(workdir, "checkpoints")  # where the checkpoints live
     self.manifests = fileio.join(workdir, "checkpoint_manifests")
@@ -136,18 +156,67 @@ class Checkpointer:
               f"{', '.join((missing or changed)[:3])}")
     return None
 
-  def restore_latest(self, abstract_state: Any) -> tuple[Any | None, int | None]:
-    """(state, step) of the newest checkpoint that loads, or (None, None) in an empty workdir."""
+  def stored_shapes(self, step: int) -> dict[str, tuple[int, ...]] | None:
+    """{'params/backbone/stem_conv/kernel': shape, ...} of a checkpoint, from orbax's metadata
+    (no array is read); None when the metadata cannot be read (then restoring tells why)."""
+    path = epath.Path(self._stage or self.directory) / str(step) / _ITEM
+    handler = ocp.StandardCheckpointHandler()
+    try:
+      metadata = handler.metadata(path)
+      return tree_shapes(getattr(metadata, "tree", metadata))
+    except Exception:  # pylint: disable=broad-except
+      return None
+    finally:
+      handler.close()
+
+  def _check_shapes(self, step: int, abstract_state: Any, config_name: str) -> None:
+    """Raises ShapeMismatch when checkpoint `step` is readable but holds other shapes than
+    `abstract_state`, in the terms of the config (`abstract_state.explain_shapes`, when it has
+    it: a TrainState), else naming the first differing arrays."""
+    stored = self.stored_shapes(step)
+    if stored is None:
+      return
+    wanted = tree_shapes(abstract_state)
+    differ = [k for k in wanted if k in stored and stored[k] != wanted[k]]
+    # Other names in the model's collections are other layers; other names elsewhere (optimiser
+    # states) are left to orbax, which maps containers more loosely than these names do.
+    missing = [k for k in wanted if k not in stored and k.startswith(_MODEL_COLLECTIONS)]
+    extra = [k for k in stored if k not in wanted and k.startswith(_MODEL_COLLECTIONS)]
+    if (not differ and not missing and not extra) or not any(k in stored for k in wanted):
+      return  # it fits; or no name is shared, and orbax's own reading decides
+    where = f"the checkpoint in {self.workdir} (step {step})"
+    explain = getattr(abstract_state, "explain_shapes", None)
+    explained = explain(stored, config_name) if explain is not None else None
+    if explained is not None:
+      raise ShapeMismatch(where, *explained)
+    listed = ([f"{k}: checkpoint {stored[k]} vs config {wanted[k]}" for k in differ]
+              + [f"{k} is not in the checkpoint" for k in missing]
+              + [f"{k} is not in {config_name}'s model" for k in extra])
+    raise ShapeMismatch(
+        where, f"holds other shapes than {config_name} builds: {'; '.join(listed[:3])}"
+        f"{f' ({len(listed)} in all)' if len(listed) > 3 else ''}",
+        "restore it with the config (and csg_jax version) it was written with")
+
+  def restore_latest(self, abstract_state: Any,
+                     config_name: str = "this config") -> tuple[Any | None, int | None]:
+    """(state, step) of the newest checkpoint that loads, or (None, None) in an empty workdir.
+
+    A checkpoint that fails its manifest or fails to load is damaged: reported, and the previous
+    one is tried. One that is sound but holds other shapes than `abstract_state` is a
+    ShapeMismatch (one line naming what `config_name` would have to set), raised before orbax
+    reads it.
+    """
     steps = sorted(self._manager.all_steps(), reverse=True)
     errors = []
     for step in steps:
       reason = self._verify(step)
       if reason is None:
+        self._check_shapes(step, abstract_state, config_name)
         try:
           return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state)), step
         except Exception as e:  # pylint: disable=broad-except
-          # Any failure to read one checkpoint (truncated file, bad metadata, shape change) is a
-          # reason to fall back to the previous one, reported; not a reason to crash here.
+          # Any failure to read one checkpoint (truncated file, bad metadata) is a reason to
+          # fall back to the previous one, reported; not a reason to crash here.
           reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
       errors.append(f"step {step}: {reason}")
       log(f"warning: checkpoint at step {step} is unusable ({reason[:300]}); "
@@ -156,7 +225,7 @@ class Checkpointer:
       raise CSGError(
           f"none of the {len(steps)} checkpoints in {self.directory} could be restored "
           f"({'; '.join(e[:200] for e in errors)}). Refusing to restart from step 0 over them: "
-          "use a new --workdir, or move the checkpoints away if the config changed on purpose.")
+          "use a new --workdir, or move the damaged checkpoints away to start this one over.")
     return None, None
 
   def close(self) -> None:
@@ -164,6 +233,20 @@ class Checkpointer:
     self._manager.close()
     if self._stage:
       shutil.rmtree(self._stage, ignore_errors=True)
+
+
+def _key_name(key: Any) -> str:
+  for attr in ("name", "key", "idx"):  # GetAttrKey, DictKey, SequenceKey
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{'params/backbone/stem_conv/kernel': shape, ...} of a state, an abstract state or a
+  checkpoint's metadata tree: attributes, keys and indices all become '/'-joined names."""
+  return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def abstract_like(state: Any, sharding) -> Any:

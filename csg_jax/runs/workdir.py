@@ -3,7 +3,9 @@
 config.json: the config as given (a later run of the same command compares equal to it);
 dataset.json: what the data set determined (class names, image shape, split sizes and the
 normalisation statistics every image of the run was normalised with); results.json: written at
-the end of training, so its presence means the run finished.
+the end of training, so its presence means the run finished; imported.json (a run of imported
+PyTorch weights, runs.trained.save_as_run): what the weights need (model, width, channels,
+classes).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from csg_jax.errors import CSGError
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (fields renamed since then under their new names)."""
+  """The config a workdir was trained with: fields renamed since then under their new names,
+  fields added since then at the value that keeps its function (config.complete)."""
   path = fileio.join(workdir, "config.json")
   if not fileio.exists(path):
     raise CSGError(f"{workdir!r} holds no config.json: is it a csg_jax workdir? "
                    "(train one with launch/train.py --workdir ...)")
-  return ml_collections.ConfigDict(config_lib.upgrade(fileio.read_json(path)))
+  return ml_collections.ConfigDict(config_lib.complete(fileio.read_json(path)))
 
 
 def write_config(workdir: str, config) -> None:

@@ -68,10 +68,14 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model,
       grads["params"])))
   gate = gate_lib.gate_values(trainable["gates"])
   if gate is not None:
-    metrics["gate_finite"] = jnp.isfinite(gate).all().astype(jnp.float32)
+    bad = ~jnp.isfinite(gate).all(axis=0)  # filters whose gate column holds NaN or inf
+    metrics["gate_finite"] = (~bad.any()).astype(jnp.float32)
+    metrics["gate_bad_filter"] = jnp.where(bad.any(), jnp.argmax(bad), -1).astype(jnp.float32)
     if gated:
       metrics["hinge"] = gate_lib.sparsity_hinge(gate, target_density)
       metrics["gate_density"] = gate_lib.l1_density(gate)
+      # Filters whose column is all zero serve no class.
+      metrics["gate_closed"] = (gate.max(axis=0) <= 0).sum().astype(jnp.float32)
   new_state = state.replace(step=state.step + 1, params=trainable["params"],
                             gates=trainable["gates"], batch_stats=batch_stats,
                             opt_state={**state.opt_state, optimizer_name: opt_state})
@@ -93,7 +97,23 @@ def make_train_steps(setup: setup_lib.RunSetup) -> dict[str, Callable]:
   return steps
 
 
-_STATE_METRICS = ("gate_density", "hinge")
+_STATE_METRICS = ("gate_density", "hinge", "gate_closed")
+
+
+def gate_budget_note(config, num_classes: int, num_filters: int) -> str | None:
+  """A note when the gate's L1 budget cannot keep every filter open for one class: under
+  max_normalize an open filter's column has maximum 1, so d*C*K < K closes some filters."""
+  if config.method != "csg" or config.csg.gate.projection != "max_normalize":
+    return None
+  d = config.csg.gate.target_density
+  if d * num_classes >= 1:
+    return None
+  budget = d * num_classes * num_filters
+  return (f"note: csg.gate.target_density d = {d:g} is below 1/C = {1 / num_classes:.3g} "
+          f"({num_classes} classes): under max_normalize every open filter keeps a gate value "
+          f"of 1, so the L1 budget d*C*K = {budget:g} keeps at most {int(budget)} of the "
+          f"{num_filters} filters open and the others close (they serve no class). For one "
+          "class per filter set d >= 1/C (docs/csg-method.md, section 4).")
 
 
 class _Progress:
@@ -115,12 +135,20 @@ class _Progress:
             f"| {self.batch_size / per_step:,.0f} img/s | ETA {eta / 60:.1f} min")
 
 
-def _check_finite(pending, last_checkpoint: int | None) -> None:
+def _check_finite(pending, last_checkpoint: int | None, projection: str) -> None:
   for step, m in pending:
     if not np.isfinite(m["loss"]) or m.get("gate_finite", 1.0) < 1.0:
       what = "loss" if not np.isfinite(m["loss"]) else "gate"
       where = (f"the last good checkpoint is step {last_checkpoint}" if last_checkpoint
                else "no checkpoint was written")
+      if what == "gate" and projection == "released":
+        raise CSGError(
+            f"the gate column of filter {int(m['gate_bad_filter'])} became NaN at step "
+            f"{step + 1}: its maximum reached exactly 0, and the released projection "
+            "(csg.gate.projection='released', clip_lmask) divides by it, as the released run "
+            f"would have; training stopped ({where}). To go on, use "
+            "--config.csg.gate.projection=max_normalize (such a filter closes instead), or a "
+            "smaller gate learning rate or sparsity weight.")
       raise CSGError(f"non-finite {what} at step {step + 1}; training stopped and no checkpoint "
                      f"was written after it ({where}). Lower the learning rate "
                      "(--config.optimizer.learning_rate) or enable gradient clipping "
@@ -212,11 +240,22 @@ def _train(setup: setup_lib.RunSetup, workdir: str, checkpointer, state: TrainSt
     for step in range(start_step):
       own_steps[plan.optimizer_of_phase[plan.phase(step)]] += 1
     pending = []
+    budget_note = gate_budget_note(config, setup.dataset.num_classes, setup.model.num_filters)
+    if budget_note:
+      log(budget_note)
+    closed_noted = budget_note is not None
+    in_flight = None
     try:
       with preemption.PreemptionWatcher() as watcher:
         for step in range(start_step, plan.total_steps):
           phase = plan.phase(step)
           state, step_metrics = train_fns[phase](state, sharding.to_global(next(batches), mesh))
+          # At most two steps in flight: this one, queued, while the previous one finishes.
+          # Dispatch never runs far ahead of the device, so a stop signal (preemption gives
+          # about 30 s) checkpoints within a step or two, not after a queue of steps.
+          if in_flight is not None:
+            jax.block_until_ready(in_flight)
+          in_flight = step_metrics
           pending.append((step, step_metrics))
           optimizer_name = plan.optimizer_of_phase[phase]
           own_step = own_steps[optimizer_name]
@@ -228,12 +267,14 @@ def _train(setup: setup_lib.RunSetup, workdir: str, checkpointer, state: TrainSt
               config.checkpoint_every_steps > 0 and done % config.checkpoint_every_steps == 0)
           if save_now or log_now:
             pending = jax.device_get(pending)
-            _check_finite(pending, last_checkpoint)  # never checkpoint a non-finite state
+            # never checkpoint a non-finite state
+            _check_finite(pending, last_checkpoint, config.csg.gate.projection)
             # Losses and accuracies: means over the steps since the last row. The gate's
             # density and hinge describe the state: their values after the logged step.
             means = {k: float(v if k in _STATE_METRICS else
                               np.mean([m[k] for _, m in pending if k in m]))
-                     for k, v in pending[-1][1].items() if k != "gate_finite"}
+                     for k, v in pending[-1][1].items()
+                     if k not in ("gate_finite", "gate_bad_filter")}
             # The rates the logged step used: its optimiser's trunk rate and, if it trains G,
             # G's.
             schedule = rates[optimizer_name]
@@ -242,7 +283,13 @@ def _train(setup: setup_lib.RunSetup, workdir: str, checkpointer, state: TrainSt
               means["gate_learning_rate"] = float(schedule["gate"](own_step))
             # One tag for single-phase runs, so STD and joint CSG curves overlay in TensorBoard.
             writer.write(done, "train" if len(plan.phases) == 1 else f"train_{phase}", means)
-            log(progress.line(done, means, phase))
+            if log_now or stop or done == plan.total_steps:  # not at checkpoint-only steps
+              log(progress.line(done, means, phase))
+            if means.get("gate_closed", 0) > 0 and not closed_noted:
+              closed_noted = True
+              log(f"note: {int(means['gate_closed'])} of {setup.model.num_filters} filters "
+                  f"are closed at step {done} (their gate column is all zero: they serve no "
+                  "class, and evaluation counts them apart)")
             pending = []
           if save_now and checkpointer.maybe_save(done, state,
                                                   force=stop or done == plan.total_steps):
