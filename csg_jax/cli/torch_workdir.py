@@ -12,6 +12,7 @@ from typing import Any
 
 from csg_jax import cli
 from csg_jax import config as config_lib
+from csg_jax.data import sources
 from csg_jax.errors import CSGError
 
 
@@ -27,7 +28,6 @@ class Imported:
 def data_channels(data_config) -> int | None:
   """The channel count of the config's data where it is known before the data loads (one per
   value of data.mean, or of the source's known statistics), else None."""
-  from csg_jax.data import sources  # pylint: disable=g-import-not-at-top
   mean = tuple(data_config.mean) or (sources.get(data_config.source).statistics or ((),))[0]
   return len(mean) or None
 
