@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # starts other processes
 
 
 COMMANDS = ("train", "evaluate", "compare", "applications", "build_shapes", "build_voc_part",
-            "import_torch", "prepare_tfds", "explain")
+            "import_torch", "prepare_tfds", "explain", "compile")
 
 
 def _run(argv, cwd=None):

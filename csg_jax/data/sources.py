@@ -40,6 +40,9 @@ class Source:
   # gives the path of a split's masks (uint8 [N, H, W], 1 on the object, in the split's order).
   has_masks: bool = False
   named_by: str | None = None  # the data field naming the data set in workdir names (None: name)
+  # (side, channels, classes) of the data sets it serves, known without reading them, by the
+  # value of `named_by` ("" when the source is one data set); what compiling ahead of time needs.
+  known_shapes: Mapping[str, tuple[int, int, int]] = dataclasses.field(default_factory=dict)
 
   def load(self, data_config):
     return importlib.import_module(self.loader).load(data_config)
@@ -50,6 +53,10 @@ class Source:
       return None
     path = importlib.import_module(self.loader).object_masks_path(data_config, dataset, role)
     return path if path is not None and os.path.exists(path) else None
+
+  def known_shape(self, data_config) -> tuple[int, int, int] | None:
+    """(side, channels, classes) of the configured data set when known without its data."""
+    return self.known_shapes.get(str(data_config[self.named_by]) if self.named_by else "")
 
   def data_set_name(self, data_config) -> str:
     """What a workdir name calls the data: the source, or the data set it names."""
@@ -83,13 +90,15 @@ _CIFAR_LIKE = {"crop_padding": 4, "flip": True}
 
 SOURCES = {s.name: s for s in (
     Source("digits", "csg_jax.data.digits", reads=("test_fraction",),
-           defaults={"crop_padding": 0, "flip": False}, statistics=(DIGITS_MEAN, DIGITS_STD)),
+           defaults={"crop_padding": 0, "flip": False}, statistics=(DIGITS_MEAN, DIGITS_STD),
+           known_shapes={"": (8, 1, 10)}),
     Source("folder", "csg_jax.data.folder",
            reads=("path", "train_split", "test_split", "decode_workers", "skip_corrupt"),
            defaults=_CIFAR_LIKE, check=_check_folder, has_masks=True),
     Source("tfds", "csg_jax.data.tfds_source",
            reads=("name", "data_dir", "download", "train_split", "test_split"),
-           defaults=_CIFAR_LIKE, named_by="name"),
+           defaults=_CIFAR_LIKE, named_by="name",
+           known_shapes={"cifar10": (32, 3, 10), "cifar100": (32, 3, 100)}),
     # The released transforms (VOCPart.py): pad 128 px images by 16, ImageNet statistics.
     Source("voc_part_released", "csg_jax.data.voc_part_released", reads=("path",),
            defaults={**_CIFAR_LIKE, "crop_padding": 16, "mean": IMAGENET_MEAN,

@@ -1,0 +1,390 @@
+"""Ahead-of-time compilation of a run's steps for a TPU slice, from any host (libtpu needed, no
+TPU): the trainer's own step functions and shardings over the slice's devices, an abstract
+state and batch (nothing materialised, no data set), and per step what XLA says: memory per
+chip, FLOPs and bytes, the collectives, a roofline step time.
+
+Chip figures: the Google Cloud TPU documentation pages in CHIPS (docs/accelerators.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from csg_jax import sharding
+from csg_jax.data import sources
+from csg_jax.errors import CSGError
+from csg_jax.evaluation.predict import make_eval_fn
+from csg_jax.log import log
+from csg_jax.runs import setup as setup_lib
+from csg_jax.training.loop import make_train_steps
+
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  name: str
+  hbm_gib: float  # HBM per chip
+  bf16_tflops: float  # peak dense bf16 TFLOP/s per chip
+  hbm_gbps: float  # HBM bandwidth per chip, GB/s
+  source: str
+
+  @property
+  def f32_tflops(self) -> float:
+    """JAX's default matmul precision on TPU runs float32 dots as one bfloat16 MXU pass: the
+    bf16 peak (precision='highest' takes several passes and is slower)."""
+    return self.bf16_tflops
+
+
+CHIPS = {c.name: c for c in (
+    Chip("v4", 32, 275, 1200, "https://cloud.google.com/tpu/docs/v4"),
+    Chip("v5e", 16, 197, 819, "https://cloud.google.com/tpu/docs/v5e"),
+    Chip("v5p", 95, 459, 2765, "https://cloud.google.com/tpu/docs/v5p"),
+    Chip("v6e", 32, 918, 1640, "https://cloud.google.com/tpu/docs/v6e"),
+)}
+EXAMPLE_TOPOLOGIES = ("v5e:2x2", "v5e:4x4", "v4:2x2x1", "v4:2x2x2", "v5p:2x2x1", "v6e:2x2")
+_TOPOLOGY = re.compile(r"^(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})$")
+
+# Image shapes and classes of sources whose config leaves data.image_size/num_classes unset.
+def has_libtpu() -> bool:
+  return importlib.util.find_spec("libtpu") is not None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+  """libtpu, loaded on a host without a TPU, warns on the process's stderr about the TPU it cannot
+  find: those lines are dropped while it loads (its errors still raise)."""
+  with tempfile.TemporaryFile("w+") as sink:
+    saved = os.dup(2)
+    os.dup2(sink.fileno(), 2)
+    try:
+      yield
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+
+
+def topology(name: str):
+  """(Chip, the slice's compile-only devices) of a topology name such as "v5e:2x2"."""
+  known = f"use <chip>:<shape> with chip one of {', '.join(CHIPS)}, e.g. " + ", ".join(
+      EXAMPLE_TOPOLOGIES)
+  match = _TOPOLOGY.match(name)
+  if not match:
+    raise CSGError(f"unknown TPU topology {name!r}: {known}")
+  if not has_libtpu():
+    raise CSGError('compiling for TPU needs libtpu: pip install "csg_jax[tpu]"')
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  # Another process (any JAX process where libtpu is installed) may hold libtpu's lockfile; a
+  # compile-only client touches no TPU, so it need not wait for it.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server off Cloud TPU VMs
+  try:
+    with _quiet_stderr():
+      devices = topologies.get_topology_desc(name, "tpu").devices
+  except Exception as e:  # pylint: disable=broad-except  (libtpu's own words, on one line)
+    detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise CSGError(f"TPU topology {name!r} is not available ({detail}): {known}") from e
+  return CHIPS[match.group(1)], list(devices)
+
+
+def data_shape(config) -> tuple[tuple[int, int, int], int]:
+  """((H, W, C), classes) the model sees, from the config (no data read)."""
+  data = config.data
+  size, channels, classes = sources.get(data.source).known_shape(data) or (None, 3, None)
+  size = data.image_size or size
+  classes = data.num_classes or classes
+  if not size or not classes:
+    raise CSGError(f"data.source {data.source!r} gives no image size or class count without "
+                   "its data: set --config.data.image_size and --config.data.num_classes")
+  return (size, size, channels), classes
+
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f16": 2, "bf16": 2, "s16": 2, "u16": 2, "f32": 4,
+                "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+# "%x = <shape> all-reduce(" or the "-done" half of an asynchronous pair (the result's shape).
+_OP = re.compile(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(-done)?\(")
+
+
+def _shape_bytes(text: str) -> int:
+  total = 0
+  for dtype, dims in _ARRAY.findall(text):
+    n = 1
+    for d in filter(None, dims.split(",")):
+      n *= int(d)
+    total += n * _DTYPE_BYTES.get(dtype, 4)
+  return total
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+  """{kind: {"count", "bytes"}} of the collectives in a compiled module's text, bytes from the
+  result shapes (per chip, per step)."""
+  out = {}
+  for line in hlo_text.splitlines():
+    if "-start(" in line:
+      continue
+    match = _OP.search(line)
+    if match:
+      entry = out.setdefault(match.group(2), {"count": 0, "bytes": 0})
+      entry["count"] += 1
+      entry["bytes"] += _shape_bytes(match.group(1))
+  return out
+
+
+def _first(analysis):
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  return analysis or {}
+
+
+def _abstract_batch(mesh, batch: int, image_shape, eval_batch: bool) -> dict[str, Any]:
+  data = sharding.batch_sharding(mesh)
+  out = {"image": jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32, sharding=data),
+         "label": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=data)}
+  if eval_batch:
+    out["mask"] = jax.ShapeDtypeStruct((batch,), jnp.bool_, sharding=data)
+  return out
+
+
+@dataclasses.dataclass
+class Target:
+  """A run's setup on a slice: what every compile of its steps shares."""
+  name: str
+  chip: Chip
+  devices: list
+  setup: setup_lib.RunSetup
+  classes: int
+  memory_gib: float | None = None  # the memory a step must fit in per device; None: the HBM
+
+  @property
+  def chips(self) -> int:
+    return len({tuple(d.coords) for d in self.devices})
+
+  @property
+  def per_chip(self) -> int:
+    """Devices per chip: 1, or 2 where the topology lists each TensorCore (v4)."""
+    return len(self.devices) // self.chips
+
+  @property
+  def device_memory_gib(self) -> float:
+    return self.memory_gib or self.chip.hbm_gib / self.per_chip
+
+  @property
+  def hosts(self) -> int:
+    return len({d.process_index for d in self.devices})
+
+  def steps(self) -> dict[str, tuple[Callable, bool]]:
+    """{step name: (jitted function, is an eval step)}: every phase the plan uses, and eval."""
+    out = {f"train_{phase}": (fn, False) for phase, fn in make_train_steps(self.setup).items()}
+    out["eval"] = (make_eval_fn(self.setup.model, self.setup.mesh), True)
+    return out
+
+
+def target(config, topology_name: str, *, memory_gib: float | None = None,
+           num_train_examples: int = 50_000) -> Target:
+  """The run of `config` on a slice. memory_gib: what a step must fit in per device (less than
+  the HBM keeps headroom); num_train_examples only sets the schedules' lengths."""
+  if memory_gib is not None and memory_gib <= 0:
+    raise CSGError(f"the memory to fit in must be > 0 GiB, not {memory_gib:g}")
+  chip, devices = topology(topology_name)
+  image_shape, classes = data_shape(config)
+  setup = setup_lib.for_shapes(config, num_classes=classes, image_shape=image_shape,
+                               num_train_examples=num_train_examples, devices=devices)
+  return Target(topology_name, chip, devices, setup, classes, memory_gib)
+
+
+_REQUIRED = re.compile(r"required[^(]*\(([\d.]+)G\)")
+
+
+def _oom(error: Exception) -> bool:
+  text = str(error)
+  return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text
+
+
+def compile_step(tgt: Target, fn, batch: int, eval_batch: bool, state=None) -> dict[str, Any]:
+  """Lowers and compiles one step at a global batch; its figures (fits False, no figures, when
+  XLA refuses for want of memory)."""
+  state = tgt.setup.abstract_state() if state is None else state
+  args = (state, _abstract_batch(tgt.setup.mesh, batch, tgt.setup.image_shape, eval_batch))
+  try:
+    compiled = fn.lower(*args).compile()
+  except Exception as e:  # pylint: disable=broad-except
+    if not _oom(e):
+      raise
+    line = next((l for l in str(e).splitlines() if "memory" in l.lower()), str(e)[:200]).strip()
+    need = _REQUIRED.search(line)
+    out = {"global_batch": batch, "fits": False, "compile_error": line}
+    if need:  # XLA's own figure: at least this much (temporaries alone), in its "G" (GiB)
+      out["required_gib"] = float(need.group(1))
+    return out
+  return _figures(tgt, compiled, batch, eval_batch)
+
+
+def _figures(tgt: Target, compiled, batch: int, eval_batch: bool) -> dict[str, Any]:
+  mem = compiled.memory_analysis()
+  sizes = {"arguments": mem.argument_size_in_bytes, "outputs": mem.output_size_in_bytes,
+           "temporaries": mem.temp_size_in_bytes, "aliased": mem.alias_size_in_bytes,
+           "code": mem.generated_code_size_in_bytes}
+  sizes["total"] = (sizes["arguments"] + sizes["outputs"] - sizes["aliased"]
+                    + sizes["temporaries"] + sizes["code"])
+  cost = _first(compiled.cost_analysis())
+  flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+  dtype = tgt.setup.config.model.dtype
+  peak = tgt.chip.bf16_tflops if dtype in ("bfloat16", "float16") else tgt.chip.f32_tflops
+  # Figures per device; a chip's peak and bandwidth are shared by its devices.
+  seconds = max(flops * tgt.per_chip / (peak * 1e12),
+                accessed * tgt.per_chip / (tgt.chip.hbm_gbps * 1e9))
+  hlo = compiled.as_text()
+  colls = collectives(hlo)
+  images_per_s = batch / seconds if seconds > 0 else None
+  return {
+      "global_batch": batch, "per_host_batch": batch // tgt.hosts,
+      "per_device_batch": batch // len(tgt.devices),
+      "memory_gib": {k: v / GIB for k, v in sizes.items()},
+      "fits": sizes["total"] <= tgt.device_memory_gib * GIB,
+      "tflops_per_chip": flops / 1e12, "bytes_accessed_per_chip": accessed,
+      "collectives": colls,
+      "collective_bytes_per_chip": sum(c["bytes"] for c in colls.values()),
+      "roofline_ms": seconds * 1e3,
+      "images_per_s": images_per_s,
+      "images_per_s_per_host": images_per_s / tgt.hosts if images_per_s else None,
+      "invariants": check_invariants(tgt, compiled, colls, eval_batch),
+  }
+
+
+def check_invariants(tgt: Target, compiled, colls, eval_batch: bool) -> list[str]:
+  """What breaks data parallelism in a compiled step: the batch not split along "data", the
+  state not replicated, gradients not all-reduced, activations gathered. [] when none."""
+  problems = []
+  state_in, batch_in = compiled.input_shardings[0]
+  for s in jax.tree_util.tree_leaves(batch_in):
+    if not s.is_equivalent_to(sharding.batch_sharding(tgt.setup.mesh), 1):
+      problems.append(f"the batch is not sharded along {sharding.DATA_AXIS!r}: {s}")
+      break
+  for s in jax.tree_util.tree_leaves(state_in):
+    if not s.is_fully_replicated:
+      problems.append(f"a state leaf is not replicated: {s}")
+      break
+  if len(tgt.devices) > 1:
+    if not eval_batch and "all-reduce" not in colls:
+      problems.append("no all-reduce: gradients are not reduced across chips")
+    # Eval gathers its outputs (predictions, features) by design: replicated out_shardings.
+    if not eval_batch and ("all-gather" in colls or "all-to-all" in colls):
+      problems.append("activations or the batch are gathered across chips "
+                      f"({', '.join(k for k in ('all-gather', 'all-to-all') if k in colls)})")
+  return problems
+
+
+def compile_all(tgt: Target, batch: int | None = None) -> dict[str, dict[str, Any]]:
+  """Every step of the run compiled: the train steps at `batch` (default config.batch_size),
+  eval at config.eval_batch_size."""
+  config = tgt.setup.config
+  state = tgt.setup.abstract_state()
+  out = {}
+  for name, (fn, is_eval) in tgt.steps().items():
+    b = config.eval_batch_size if is_eval else (batch or config.batch_size)
+    log(f"compiling {name} (global batch {b}) for {tgt.name} ...")
+    out[name] = compile_step(tgt, fn, b, is_eval, state)
+  return out
+
+
+def train_steps_fit(tgt: Target, batch: int, cache: dict[int, bool]) -> bool:
+  if batch not in cache:
+    state = tgt.setup.abstract_state()
+    fits = True
+    for name, (fn, is_eval) in tgt.steps().items():
+      if is_eval:
+        continue
+      log(f"probing {name} at global batch {batch} ...")
+      if not compile_step(tgt, fn, batch, False, state)["fits"]:
+        fits = False
+        break
+    cache[batch] = fits
+  return cache[batch]
+
+
+def max_global_batch(tgt: Target, limit: int = 1 << 20) -> int:
+  """The largest global batch (a multiple of the chip count) at which every train step fits, by
+  doubling then bisection; 0 when not even one image per chip fits."""
+  unit, cache = len(tgt.devices), {}
+  n = max(tgt.setup.config.batch_size // unit, 1)
+  if train_steps_fit(tgt, n * unit, cache):
+    lo, hi = n, None
+    while hi is None:
+      if lo * 2 * unit > limit:
+        return lo * unit
+      if train_steps_fit(tgt, lo * 2 * unit, cache):
+        lo *= 2
+      else:
+        hi = lo * 2
+  else:
+    lo, hi = 0, n
+    while lo == 0 and hi > 1:
+      if train_steps_fit(tgt, (hi // 2) * unit, cache):
+        lo = hi // 2
+      else:
+        hi //= 2
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    if train_steps_fit(tgt, mid * unit, cache):
+      lo = mid
+    else:
+      hi = mid
+  return lo * unit
+
+
+def summary(tgt: Target, steps: dict[str, dict[str, Any]],
+            max_batch: int | None = None) -> dict[str, Any]:
+  out = {"topology": tgt.name, "chip": tgt.chip.name, "chips": tgt.chips,
+         "devices": len(tgt.devices), "hosts": tgt.hosts, "chip_memory_gib": tgt.chip.hbm_gib,
+         "device_memory_gib": tgt.device_memory_gib,
+         "peak_tflops": tgt.chip.bf16_tflops, "hbm_gbps": tgt.chip.hbm_gbps,
+         "config": {"model": tgt.setup.config.model.name, "dtype": tgt.setup.config.model.dtype,
+                    "method": tgt.setup.config.method,
+                    "image_shape": list(tgt.setup.image_shape), "classes": tgt.classes},
+         "jax": jax.__version__, "steps": steps}
+  if max_batch is not None:
+    out["max_global_batch"] = max_batch
+  return out
+
+
+def table(report: dict[str, Any]) -> str:
+  """The per-step figures as a text table."""
+  head = ("step", "batch", "args GiB", "out GiB", "temp GiB", "total GiB", "fits", "GFLOP",
+          "coll MiB", "roof ms", "img/s", "img/s/host")
+  rows = [head]
+  for name, s in report["steps"].items():
+    if "memory_gib" not in s:
+      rows.append((name, str(s["global_batch"]), "-", "-", "-", "-", "no", "-", "-", "-", "-",
+                   "-"))
+      continue
+    m = s["memory_gib"]
+    rows.append((name, str(s["global_batch"]), f"{m['arguments']:.3f}", f"{m['outputs']:.3f}",
+                 f"{m['temporaries']:.3f}", f"{m['total']:.3f}", "yes" if s["fits"] else "NO",
+                 f"{s['tflops_per_chip'] * 1e3:,.3f}",
+                 f"{s['collective_bytes_per_chip'] / 2**20:.2f}",
+                 f"{s['roofline_ms']:.3f}", f"{s['images_per_s']:,.0f}",
+                 f"{s['images_per_s_per_host']:,.0f}"))
+  widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+  lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+           for r in rows]
+  r = report
+  title = (f"{r['config']['model']} ({r['config']['method']}, {r['config']['dtype']}) on "
+           f"{r['topology']}: {r['chips']} {r['chip']} chip(s), {r['hosts']} host(s), "
+           f"{r['chip_memory_gib']:g} GiB HBM per chip"
+           + (f" (fitting in {r['device_memory_gib']:g} GiB)"
+              if r["device_memory_gib"] * r["devices"] != r["chip_memory_gib"] * r["chips"] else "")
+           + "; figures per "
+           f"{'chip' if r['devices'] == r['chips'] else 'device (TensorCore)'} per step")
+  return "\n".join([title, *lines])
