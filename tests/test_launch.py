@@ -175,7 +175,8 @@ def test_help_exits_0_and_lists_the_command_flags(tmp_path, command, launcher):
   proc = _run([*launcher(command), "--help"], cwd=tmp_path)  # configs/ found from anywhere
   assert proc.returncode == 0, proc.stderr[-3000:]
   flag = {"build_voc_part": "--voc_root", "build_shapes": "--root",
-          "applications": "--std_workdir", "prepare_tfds": "--name"}.get(command, "--workdir")
+          "applications": "--std_workdir", "prepare_tfds": "--name",
+          "compile": "--topology"}.get(command, "--workdir")
   assert flag in proc.stdout
   assert "Traceback" not in proc.stderr
 
