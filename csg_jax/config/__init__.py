@@ -13,7 +13,8 @@ from csg_jax.config.schema import (CSG_SCHEDULES, DTYPES, FIELDS, L1_SUBGRADIENT
 
 __all__ = [
     "ADDED", "BOOKKEEPING_FIELDS", "CSG_SCHEDULES", "DEFAULT_CONFIG", "DTYPES", "FIELDS",
-    "L1_SUBGRADIENTS", "METHODS", "PROJECTIONS", "RENAMED", "base_config", "comments", "complete", "describe", "flatten",
+    "L1_SUBGRADIENTS", "METHODS", "PROJECTIONS", "RENAMED", "base_config", "comments",
+    "complete", "describe", "flatten",
     "load_config_file", "plain", "renamed_field_message", "resolve", "result_changes", "run_name",
     "shipped", "unread_fields", "upgrade", "validate",
 ]

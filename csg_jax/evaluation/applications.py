@@ -2,9 +2,9 @@
 
 For each run: localization (GradMap, CAM, ActivMap; only when its data source has object masks
 for the test split: `<data.path>/masks/<test split>.npy` beside a folder, or the
-voc_part_released cache), FGSM/PGD attacks and detection ROC-AUCs. Writes `W/eval/applications.json`, `W/eval/applications.md` and PNG
-figures; with an STD and a CSG run, also a side-by-side report. Definitions and protocol:
-docs/applications.md.
+voc_part_released cache), FGSM/PGD attacks and detection ROC-AUCs. Writes
+`W/eval/applications.json`, `W/eval/applications.md` and PNG figures; with an STD and a CSG run,
+also a side-by-side report. Definitions and protocol: docs/applications.md.
 """
 
 import itertools

@@ -62,7 +62,8 @@ def evaluate_workdir(workdir: str, *, split: str = "test",
   title = f"{run.config.method.upper()} {run.config.model.name} on {run.dataset.name}"
   path = {name: fileio.join(workdir, rel) for name, rel in figures.items()}
   plots.matrix_figure(path["mi_matrix"], mi, names, vmax=ceiling, colorbar_label="nats",
-                      sorted_by=plots.BY_MI, title=f"{title}: MI(filter; class), MIS {summary['mis']:.3f}")
+                      sorted_by=plots.BY_MI,
+                      title=f"{title}: MI(filter; class), MIS {summary['mis']:.3f}")
   plots.max_mi_histogram(path["max_mi_histogram"], {run.config.method.upper(): mi.max(0)},
                          mi_ceiling=ceiling, title=title)
   if gate is not None:
