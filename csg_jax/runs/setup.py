@@ -37,19 +37,30 @@ class RunSetup:
                                     self.rng, sharding.replicated(self.mesh))
 
 
+def _mesh(config, devices: Sequence[jax.Device] | None):
+  """The mesh over `devices` (default: all), once both global batches divide over it."""
+  mesh = sharding.make_mesh(devices)
+  sharding.check_batch_size(config.batch_size, mesh)
+  sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  return mesh
+
+
+def _assemble(config, mesh, dataset, num_classes: int, image_shape: Sequence[int],
+              num_train_examples: int) -> RunSetup:
+  model = models.build_model(config.model, num_classes, use_gate=config.method == "csg",
+                             gate_init=config.csg.gate.init)
+  plan = Plan.from_config(config, num_train_examples)
+  return RunSetup(config, mesh, dataset, model, plan,
+                  optimizer_lib.make_optimizers(config, plan), tuple(image_shape))
+
+
 def for_shapes(config, *, num_classes: int, image_shape: Sequence[int],
                num_train_examples: int, devices: Sequence[jax.Device] | None = None
                ) -> RunSetup:
   """The setup of `config` for data of these shapes, without loading any data (`dataset` is
   None): what step functions, abstract states and benchmarks need."""
-  mesh = sharding.make_mesh(devices)
-  sharding.check_batch_size(config.batch_size, mesh)
-  sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-  model = models.build_model(config.model, num_classes, use_gate=config.method == "csg",
-                             gate_init=config.csg.gate.init)
-  plan = Plan.from_config(config, num_train_examples)
-  return RunSetup(config, mesh, None, model, plan, optimizer_lib.make_optimizers(config, plan),
-                  tuple(image_shape))
+  return _assemble(config, _mesh(config, devices), None, num_classes, image_shape,
+                   num_train_examples)
 
 
 def build(config, *, devices: Sequence[jax.Device] | None = None,
@@ -59,9 +70,7 @@ def build(config, *, devices: Sequence[jax.Device] | None = None,
   statistics: the normalisation a run recorded (runs.workdir.recorded_statistics), for a run
   that resumes or is restored; None measures them when the config and the source give none.
   """
-  mesh = sharding.make_mesh(devices)  # a bad batch size fails before the data loads
-  sharding.check_batch_size(config.batch_size, mesh)
+  mesh = _mesh(config, devices)  # a bad batch size fails before the data loads
   dataset = data_lib.load_dataset(config.data, seed=config.seed, statistics=statistics)
-  setup = for_shapes(config, num_classes=dataset.num_classes, image_shape=dataset.image_shape,
-                     num_train_examples=len(dataset.splits["train"]), devices=devices)
-  return dataclasses.replace(setup, dataset=dataset)
+  return _assemble(config, mesh, dataset, dataset.num_classes, dataset.image_shape,
+                   len(dataset.splits["train"]))
