@@ -8,10 +8,11 @@
 #   pip install -e .                  # csg_jax and its dependencies
 #   pip install -U "jax[cuda12]"      # jax with CUDA
 #   pip install -e ".[bench]"         # optional: torch, for the PyTorch comparison
-#   bash benchmarks/gpu.sh OUT_DIR    # OUT_DIR defaults to /tmp/csg_bench_out
+#   bash benchmarks/gpu.sh OUT_DIR    # OUT_DIR defaults to workdirs/gpu_bench
 # Each stage's log (env.txt, throughput.log, mis_speed.log, reproduce.log,
 # mis_speed_imagenet.log) and summary.json (every stage's final JSON line, null where a stage
-# failed or was skipped) go to OUT_DIR; the reproduction's workdirs go to /tmp/csg_reproduce.
+# failed or was skipped) go to OUT_DIR; the reproduction's workdirs go to workdirs/gpu_reproduce
+# (both relative to the repository root, which git ignores).
 # CIFAR-10 is the JPEG tarball at ../shared/data/cifar10-jpeg.tar.gz (as for
 # reproduce_cifar10.py), .whl/data/cifar10-jpeg.tar.gz, or the path in CIFAR10_DATA; without it
 # the reproduction is skipped.
@@ -23,7 +24,7 @@
 # possibly torch) but lacks some of csg_jax's other dependencies: on a machine with internet
 # access, `bash benchmarks/gpu.sh prepare` downloads the wheels listed in WHEELS below and copies
 # the CIFAR-10 tarball into .whl/ (git-ignored); copy the checkout with .whl/ to the GPU machine,
-# where this script installs .whl/*.whl into /tmp/site and puts it on PYTHONPATH.
+# where this script installs .whl/*.whl into .whl/site and puts it on PYTHONPATH.
 set -uo pipefail
 
 # Pure-Python dependencies of csg_jax that a preinstalled jax/CUDA environment often lacks;
@@ -56,8 +57,9 @@ if [[ "${1:-}" == "prepare" ]]; then
   exit 0
 fi
 
-# The output folder, made absolute before the script moves to the repository root.
-OUT_DIR=${1:-/tmp/csg_bench_out}
+# The output folder, made absolute before the script moves to the repository root (its default
+# is in the repository's workdirs/).
+OUT_DIR=${1:-"$(dirname "$0")/../workdirs/gpu_bench"}
 mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd) \
   || { echo "error: cannot create the output folder $OUT_DIR"; exit 1; }
 cd "$(dirname "$0")/.."
@@ -86,8 +88,8 @@ say "environment (logs in $OUT_DIR)"
 
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || { echo "error: installing .whl/*.whl failed"; exit 1; }
-  export PYTHONPATH=/tmp/site
+    --target .whl/site .whl/*.whl || { echo "error: installing .whl/*.whl failed"; exit 1; }
+  export PYTHONPATH="$PWD/.whl/site"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 - <<'EOF' 2>&1 | tee -a "$OUT_DIR/env.txt"
@@ -145,7 +147,7 @@ else
   EPOCHS=()
   [[ -n "${FULL_EPOCHS:-}" ]] && EPOCHS=(--epochs "$FULL_EPOCHS")
   timeout $(($(left) - 10)) python3 benchmarks/reproduce_cifar10.py --schedule full --jobs 2 \
-    "${EPOCHS[@]}" --data "$DATA" --workdir /tmp/csg_reproduce --deadline-s "$TRAIN_S" 2>&1 \
+    "${EPOCHS[@]}" --data "$DATA" --workdir workdirs/gpu_reproduce --deadline-s "$TRAIN_S" 2>&1 \
     | tee "$OUT_DIR/reproduce.log"
 fi
 
