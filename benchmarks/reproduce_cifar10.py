@@ -144,12 +144,14 @@ def train_runs(todo, args, deadline) -> dict:
 def evaluate_checkpoint(workdir: str) -> dict:
   """Test-split accuracy, MIS and density of the newest checkpoint of an unfinished run."""
   from csg_jax import runs  # pylint: disable=g-import-not-at-top
+  from csg_jax import methods  # pylint: disable=g-import-not-at-top
   from csg_jax.evaluation import predict  # pylint: disable=g-import-not-at-top
 
   run = runs.load_run(workdir)
   eval_fn = predict.make_eval_fn(run.model, run.mesh)
   result = predict.evaluate(eval_fn, run.state, run.dataset, run.config, run.mesh)
-  summary = predict.summarize_eval(result, run.dataset.num_classes, run.state.host_gate(),
+  summary = predict.summarize_eval(result, run.dataset.num_classes,
+                                   methods.for_config(run.config).density(run.state.gates),
                                  predict.mis_seed(run.config))
   return {"method": run.config.method, "step": int(run.step), "accuracy": summary["accuracy"],
           "mis": summary["mis"], "gate_density": summary["gate_density"]}
@@ -190,7 +192,7 @@ def checks(results: dict, schedule: str) -> list:
 def run_seed(args, methods, start) -> dict:
   """Trains (or reuses) the runs of seed `args.seed`, prints its table beside the paper's; returns
   what the seed's JSON line holds."""
-  from csg_jax.plan import Plan  # pylint: disable=g-import-not-at-top
+  from csg_jax import methods  # pylint: disable=g-import-not-at-top
   todo, results, workdirs, total_steps = [], {}, {}, {}
   for method in methods:
     overrides = run_overrides(method, args)
@@ -198,7 +200,7 @@ def run_seed(args, methods, start) -> dict:
     config = load_config(args.config)
     config.update(method=method, num_epochs=float(overrides["num_epochs"]),
                   batch_size=int(overrides.get("batch_size", config.batch_size)))
-    total_steps[method] = Plan.from_config(config, 50_000).total_steps
+    total_steps[method] = methods.make_plan(config, 50_000).total_steps
     done = os.path.join(workdir, "results.json")
     if os.path.exists(done):
       with open(done) as f:

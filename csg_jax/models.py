@@ -1,8 +1,9 @@
-"""Backbones (CIFAR- and ImageNet-style ResNets, a tiny CNN) and the CSG classifier around them.
+"""Backbones (CIFAR- and ImageNet-style ResNets, a tiny CNN) and the classifier around them.
 
 A backbone is any linen module called as `backbone(x, train=...)` that returns the last conv
-layer's activation [B, H, W, K] after its ReLU. `CSGClassifier` adds global average pooling, the
-shared linear head and, for CSG training, the class-specific gate.
+layer's activation [B, H, W, K] after its ReLU. `Classifier` adds global average pooling, the
+linear head and what the training method adds (methods/*.py: CSG's gate, PICNN's extra conv and
+Θ).
 """
 
 import functools
@@ -15,7 +16,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from csg_jax.errors import CSGError
-from csg_jax.gate import ClassSpecificGate
 
 ModuleDef = Any
 
@@ -132,37 +132,37 @@ class TinyCNN(nn.Module):
     return nn.relu(nn.Conv(2 * self.width, (3, 3), dtype=self.dtype, name="conv2")(x))
 
 
-class CSGClassifier(nn.Module):
-  """backbone -> GAP -> linear head, plus the class-specific gate for CSG training.
+class Classifier(nn.Module):
+  """backbone [-> neck] -> GAP -> linear head, plus the method's own module (`gate`).
 
-  Called with labels (and `use_gate`), one trunk pass gives both paths:
-    logits     = W . GAP(A) + b             (STD path; the only one used at test time)
-    logits_csg = W . GAP(A * G[y]) + b      (CSG path; same W and b)
-  Outputs also include the pooled `features` [B, K] and the `feature_map` [B, H, W, K] for
-  evaluation; under jit, outputs a caller ignores cost nothing.
+    logits = W . GAP(A) + b     (the network's prediction; the only path used at test time)
+
+  A is the backbone's last activation map, or the method's `neck` applied to it (PICNN's extra
+  conv). Called with labels in training, `gate` (CSG's gated path, PICNN's Θ and masks; its
+  variables in the `gates` collection) adds its outputs, e.g. logits_csg. Outputs also include
+  the pooled `features` [B, K] and the `feature_map` [B, H, W, K] for evaluation; under jit,
+  outputs a caller ignores cost nothing.
   """
   backbone: nn.Module
   num_classes: int
   num_filters: int
-  use_gate: bool = True
-  gate_init: float = 0.5
+  gate: nn.Module | None = None
+  neck: nn.Module | None = None
 
   @nn.compact
   def __call__(self, images, labels: jnp.ndarray | None = None, *, train: bool = False):
     chex.assert_rank(images, 4)
     feature_map = self.backbone(images, train=train)
+    if self.neck is not None:
+      feature_map = self.neck(feature_map)
     chex.assert_rank(feature_map, 4)
     chex.assert_axis_dimension(feature_map, -1, self.num_filters)
     # Pool and classify in float32 whatever the trunk's dtype: the logits feed the losses.
     features = feature_map.astype(jnp.float32).mean(axis=(1, 2))
     head = nn.Dense(self.num_classes, name="head")
     out = {"feature_map": feature_map, "features": features, "logits": head(features)}
-    if self.use_gate:
-      gate = ClassSpecificGate(self.num_classes, self.num_filters, self.gate_init, name="gate")
-      if labels is None:
-        gate.matrix()  # creates G at init even when no labels are passed
-      else:
-        out["logits_csg"] = head(gate(features, labels))
+    if self.gate is not None:
+      out.update(self.gate(features, labels, head=head, logits=out["logits"]))
     return out
 
 
@@ -197,14 +197,16 @@ def build_backbone(name: str, *, width: int = 0, dtype: Any = jnp.float32,
                  "(set --config.model.name)")
 
 
-def build_model(model_config, num_classes: int, *, use_gate: bool,
-                gate_init: float = 0.5) -> CSGClassifier:
+def build_model(model_config, num_classes: int, method=None) -> Classifier:
+  """The classifier of `model_config` for `num_classes`, with what `method` (a methods.Method)
+  adds: its neck and its own module; None builds the plain network."""
   dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
   if model_config.dtype not in dtypes:
     raise CSGError(f"unknown model.dtype {model_config.dtype!r}; use one of {sorted(dtypes)}")
-  backbone, k = build_backbone(model_config.name, width=model_config.width,
-                               dtype=dtypes[model_config.dtype],
+  dtype = dtypes[model_config.dtype]
+  backbone, k = build_backbone(model_config.name, width=model_config.width, dtype=dtype,
                                pytorch_padding=model_config.pytorch_padding)
-  return CSGClassifier(backbone, num_classes, k, use_gate=use_gate,
-                       gate_init=gate_init)
-
+  neck, neck_filters = method.neck(dtype) if method is not None else (None, None)
+  k = neck_filters or k
+  gate = method.gate_module(num_classes, k) if method is not None else None
+  return Classifier(backbone, num_classes, k, gate=gate, neck=neck)

@@ -1,34 +1,35 @@
 """The plan of a run: how many steps, which objective each step trains, which optimiser it updates.
 
-Everything that depends on the schedule is read from one `Plan`, built from (config, number of
-training examples): the training loop asks it for each step's phase, the step builder for the
-phases in use and their optimiser, the optimiser factory for each optimiser's role and step count.
+Everything that depends on the schedule is read from one `Plan`, which the run's method builds
+(`methods.make_plan(config, num_examples)`): the training loop asks it for each step's phase, the
+step builder for the phases in use and their optimiser, the optimiser factory for each
+optimiser's role and step count.
 
 Training is measured in examples: step s covers examples [s*B, (s+1)*B) of the data stream, so
 its epoch is floor(s*B / N) even when batches straddle epoch boundaries.
 
-Phases (the objective of a step, see losses.objective):
-- method "std": every step is a "std" step.
-- method "csg", schedule "joint": every step is a "joint" step (the paper's loss).
-- method "csg", schedule "alternate" (the released procedure): epoch e is a "csg" epoch iff
-  e >= warmup_epochs and e % period >= min_phase; all other epochs are "std" epochs.
-
-Optimisers: "main" for std and joint runs; "std" and "csg" for the alternate schedule, each with
-its own state and learning-rate schedule that advance only in its own epochs.
+A plan has one phase (every step trains the same objective) or two that alternate by epoch
+(`alternate` = (warmup_epochs, period, min_phase)): epoch e is an epoch of the second phase iff
+e >= warmup_epochs and e % period >= min_phase, else of the first (CSG's released procedure).
+Each optimiser has its own state and learning-rate schedules, which advance only in its steps.
 """
 
 import dataclasses
 import math
 
-PHASES = ("std", "joint", "csg")
-
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerRole:
-  """What one optimiser updates: its trunk hyperparameters, whether it trains G, its steps."""
-  trunk: str  # "optimizer": config.optimizer; "alternate": config.csg.alternate (optimiser B)
-  trains_gate: bool  # False: G gets a zero update from this optimiser
-  steps: int  # steps it takes over the whole run; its learning-rate schedule counts in these
+  """What one optimiser updates, with what, and for how many steps."""
+  trunk_optimizer: str  # "sgd" | "adam": the trunk's base optimiser
+  trunk_learning_rate: float  # its peak learning rate
+  freeze: str  # regex of the trunk layers it leaves unchanged ("" for none)
+  steps: int  # steps it takes over the whole run; its learning-rate schedules count in these
+  gate_learning_rate: float | None = None  # None: the `gates` collection gets a zero update
+
+
+def total_steps(num_epochs: float, batch_size: int, num_examples: int) -> int:
+  return math.ceil(num_epochs * num_examples / batch_size)  # all > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,35 +37,20 @@ class Plan:
   total_steps: int
   batch_size: int
   num_examples: int  # training examples per epoch
-  phases: tuple[str, ...]  # phases the run uses, in PHASES order
+  phases: tuple[str, ...]  # phases the run uses: one, or (first, second) when they alternate
   optimizer_of_phase: dict[str, str]  # phase -> optimiser name
   optimizers: dict[str, OptimizerRole]  # optimiser name -> role
   alternate: tuple[int, int, int] | None = None  # (warmup_epochs, period, min_phase)
 
-  @classmethod
-  def from_config(cls, config, num_examples: int) -> "Plan":
-    total = math.ceil(config.num_epochs * num_examples / config.batch_size)  # both > 0
-    common = dict(total_steps=total, batch_size=config.batch_size, num_examples=num_examples)
-    if config.method == "std":
-      return cls(**common, phases=("std",), optimizer_of_phase={"std": "main"},
-                 optimizers={"main": OptimizerRole("optimizer", False, total)})
-    if config.csg.schedule == "joint":
-      return cls(**common, phases=("joint",), optimizer_of_phase={"joint": "main"},
-                 optimizers={"main": OptimizerRole("optimizer", True, total)})
-    alt = config.csg.alternate
-    plan = cls(**common, phases=("std", "csg"), optimizer_of_phase={"std": "std", "csg": "csg"},
-               optimizers={}, alternate=(alt.warmup_epochs, alt.period, alt.min_phase))
-    csg_steps = sum(plan.phase(s) == "csg" for s in range(total))
-    return dataclasses.replace(plan, optimizers={
-        "std": OptimizerRole("optimizer", False, total - csg_steps),
-        "csg": OptimizerRole("alternate", True, csg_steps)})
-
   def epoch(self, step: int) -> int:
     return (step * self.batch_size) // self.num_examples
 
-  def is_csg_epoch(self, epoch: int) -> bool:
+  def is_second_phase_epoch(self, epoch: int) -> bool:
     warmup, period, min_phase = self.alternate
     return epoch >= warmup and epoch % period >= min_phase
+
+  def steps_of_phase(self, phase: str) -> int:
+    return sum(self.phase(s) == phase for s in range(self.total_steps))
 
   def epoch_starts(self, optimizer: str) -> tuple[int, ...]:
     """For each epoch in which `optimizer` steps, the count of its own steps before that epoch:
@@ -87,4 +73,4 @@ class Plan:
     """The objective of this step: one of self.phases."""
     if len(self.phases) == 1:
       return self.phases[0]
-    return "csg" if self.is_csg_epoch(self.epoch(step)) else "std"
+    return self.phases[1] if self.is_second_phase_epoch(self.epoch(step)) else self.phases[0]

@@ -35,6 +35,7 @@ from flax import traverse_util
 
 from csg_jax import gate as gate_lib
 from csg_jax import models
+from csg_jax.methods import csg as csg_method
 from csg_jax.errors import CSGError
 
 _FORMATS = "a .safetensors file or a PyTorch state dict saved with torch.save (.pth/.pt)"
@@ -155,7 +156,7 @@ def _listed(items, sep: str = ", ", limit: int = 4) -> str:
 
 
 def load_resnet(path: str, model_name: str,
-                num_classes: int | None = None) -> tuple[models.CSGClassifier, dict[str, Any]]:
+                num_classes: int | None = None) -> tuple[models.Classifier, dict[str, Any]]:
   """(model, variables) of a torchvision-layout ResNet file, equal to it in eval mode.
 
   `model_name` is resnet18/34/50/101/152. The base width is read from conv1 (reduced-width nets
@@ -187,7 +188,8 @@ def load_resnet(path: str, model_name: str,
                    f"{(filters, classes)}")
 
   backbone, k = models.build_backbone(model_name, width=int(width), pytorch_padding=True)
-  model = models.CSGClassifier(backbone, int(classes), k, use_gate=_GATE_KEY in tensors)
+  gate = csg_method.GatedPath(int(classes), k) if _GATE_KEY in tensors else None
+  model = models.Classifier(backbone, int(classes), k, gate=gate)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                           jnp.zeros((1, 32, 32, in_channels), jnp.float32))
   wanted = {_torch_key(p): (p, s.shape) for p, s in traverse_util.flatten_dict(shapes).items()}

@@ -12,6 +12,7 @@ PACKAGE = os.path.join(REPO, "csg_jax")
 # From the bottom up. A module may import its own layer and the layers below it.
 LAYERS = (
     ("core", ("errors", "log", "text", "fileio", "gate", "plan", "losses", "models", "optimizer",
+              "methods",
               "sharding", "torch_import", "data", "config", "configs", "__init__")),
     ("runs", ("runs",)),
     ("evaluation", ("evaluation",)),

@@ -17,7 +17,7 @@ STD = (0.2, 0.25, 0.3)
 
 @pytest.fixture(scope="module")
 def setup():
-  model = models.CSGClassifier(models.TinyCNN(width=4), 4, 8, use_gate=False)
+  model = models.Classifier(models.TinyCNN(width=4), 4, 8)
   rng = np.random.default_rng(0)
   pixels = rng.random((16, 12, 12, 3)).astype(np.float32)
   pixels[0] = 0.0  # corners of the box: the attack must not leave [0, 1]

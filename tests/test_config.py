@@ -11,6 +11,7 @@ from conftest import REPO
 from csg_jax import cli
 from csg_jax import config as config_lib
 from csg_jax import data
+from csg_jax import methods
 from csg_jax import runs
 from csg_jax.errors import CSGError
 
@@ -297,9 +298,8 @@ def test_released_cifar_config_alternates_and_decays_as_train_py_would():
   never decays; CSG (lr_reg 1.0) after its 80th and 120th epoch. 640 training images of batch
   64: 10 steps an epoch."""
   from csg_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
-  from csg_jax.plan import Plan  # pylint: disable=g-import-not-at-top
   config = _config_file("cifar10_resnet20_released")
-  plan = Plan.from_config(config, 640)
+  plan = methods.make_plan(config, 640)
   released_epochs = []
   epoch = 0
   while epoch <= 200:  # train.py line 131, with --epoch 200

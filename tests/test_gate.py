@@ -8,6 +8,9 @@ import pytest
 
 from csg_jax import gate as gate_lib
 from csg_jax import models
+from csg_jax import methods
+from csg_jax.config import base_config
+from csg_jax.methods import csg as csg_method
 
 
 class GateFunctionsTest(chex.TestCase):
@@ -98,7 +101,8 @@ def test_gate_init_value_from_argument():
 @pytest.mark.parametrize("name", ["tiny", "resnet8"])
 def test_std_and_csg_logits_equal_with_open_gate(name):
   backbone, k = models.build_backbone(name)
-  model = models.CSGClassifier(backbone, num_classes=7, num_filters=k)
+  model = models.Classifier(backbone, num_classes=7, num_filters=k,
+                            gate=csg_method.GatedPath(7, k))
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 1))
   labels = jnp.array([1, 6, 0])
   variables = jax.jit(model.init)(jax.random.PRNGKey(1), x, labels)
@@ -126,7 +130,8 @@ def test_gate_wraps_any_backbone():
     def __call__(self, x, *, train=False):
       return nn.relu(nn.Conv(12, (3, 3))(x))
 
-  model = models.CSGClassifier(MyBackbone(), num_classes=3, num_filters=12)
+  model = models.Classifier(MyBackbone(), num_classes=3, num_filters=12,
+                            gate=csg_method.GatedPath(3, 12))
   x = jnp.ones((2, 5, 5, 3))
   variables = model.init(jax.random.PRNGKey(0), x)
   out = model.apply(variables, x, jnp.array([0, 2]))
@@ -144,10 +149,10 @@ def test_model_names():
 
 
 def test_model_width_and_dtype_reach_the_trunk():
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  cfg = ml_collections.ConfigDict({"name": "resnet8", "width": 4, "dtype": "bfloat16",
-                                   "pytorch_padding": True})
-  model = models.build_model(cfg, 3, use_gate=True, gate_init=0.25)
+  config = base_config()
+  config.model.update(name="resnet8", width=4, dtype="bfloat16", pytorch_padding=True)
+  config.csg.gate.init = 0.25
+  model = models.build_model(config.model, 3, methods.for_config(config))
   x = jnp.ones((2, 8, 8, 1))
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)  # compiled: bfloat16 op by op is slow
   out = jax.jit(lambda v: model.apply(v, x))(variables)

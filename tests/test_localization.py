@@ -9,6 +9,7 @@ from scipy import ndimage
 
 from csg_jax.evaluation import localization as loc
 from csg_jax import models
+from csg_jax.methods import csg as csg_method
 
 
 def test_iou_on_hand_made_masks():
@@ -117,7 +118,8 @@ def test_summarize_activmap_on_known_sums():
 
 
 def _tiny_setup(n=14, size=16, num_classes=3, seed=0):
-  model = models.CSGClassifier(models.TinyCNN(width=4), num_classes, 8, use_gate=True)
+  model = models.Classifier(models.TinyCNN(width=4), num_classes, 8,
+                            gate=csg_method.GatedPath(num_classes, 8))
   rng = np.random.default_rng(seed)
   images = rng.normal(size=(n, size, size, 3)).astype(np.float32)
   labels = (np.arange(n) % num_classes).astype(np.int32)

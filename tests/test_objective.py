@@ -1,6 +1,6 @@
 """The training objective, against references written from docs/csg-method.md.
 
-- `losses.objective` per phase against a numpy cross-entropy, with lambda1 != 1.
+- `methods.csg.objective` per phase against a numpy cross-entropy, with lambda1 != 1.
 - One `train_step` (sparsity in the gate's optax transform) against an explicit reference of the
   paper's formulation with the hinge inside the loss:
       CE_std + lambda1 * CE_csg + lambda2 * max(0, ||G||_1 - d*C*K),
@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from csg_jax import losses
+from csg_jax import methods
 from csg_jax import models
 from csg_jax import optimizer as optimizer_lib
 from csg_jax.config import base_config
-from csg_jax.plan import Plan
+from csg_jax.methods import csg as csg_method
 from csg_jax.training import loop
 from csg_jax.runs import state as state_lib
 
@@ -43,7 +43,7 @@ class ObjectiveTest(chex.TestCase):
     ce_csg = _np_cross_entropy(outputs["logits_csg"], labels)
     expected = {"std": ce_std, "joint": ce_std + LAMBDA1 * ce_csg, "csg": ce_csg}
     for phase, want in expected.items():
-      fn = self.variant(lambda o, y, phase=phase: losses.objective(
+      fn = self.variant(lambda o, y, phase=phase: csg_method.objective(
           o, y, phase, gated_loss_weight=LAMBDA1))
       loss, metrics = fn(outputs, labels)
       np.testing.assert_allclose(loss, want, rtol=1e-6, err_msg=phase)
@@ -53,9 +53,9 @@ class ObjectiveTest(chex.TestCase):
         np.testing.assert_allclose(metrics["accuracy_csg"],
                                    (outputs["logits_csg"].argmax(-1) == labels).mean())
     with self.assertRaisesRegex(ValueError, "unknown phase"):
-      losses.objective(outputs, labels, "both")
+      csg_method.objective(outputs, labels, "both")
     # lambda1 defaults to 1, the paper's plain sum of the two cross-entropies.
-    np.testing.assert_allclose(losses.objective(outputs, labels, "joint")[0], ce_std + ce_csg,
+    np.testing.assert_allclose(csg_method.objective(outputs, labels, "joint")[0], ce_std + ce_csg,
                                rtol=1e-6)
 
 
@@ -83,16 +83,17 @@ class OldFormulationTest(chex.TestCase):
 
   def _check(self, gate_optimizer, reference_gate_tx):
     config = _config(gate_optimizer)
-    model = models.build_model(config.model, 10, use_gate=True, gate_init=0.5)
-    tx = optimizer_lib.make_optimizers(config, Plan.from_config(config, 16))["main"]
+    method = methods.for_config(config)
+    model = models.build_model(config.model, 10, method)
+    tx = optimizer_lib.make_optimizers(config, method.plan(16), method)["main"]
     state = state_lib.create_train_state(model, {"main": tx}, (8, 8, 1), jax.random.PRNGKey(0))
     rng = np.random.default_rng(1)
     batch = {"image": jnp.asarray(rng.normal(size=(16, 8, 8, 1)), jnp.float32),
              "label": jnp.asarray(rng.integers(0, 10, size=16), jnp.int32)}
 
     new_state, metrics = jax.jit(lambda s, b: loop.train_step(
-        s, b, model=model, tx=tx, phase="joint", optimizer_name="main",
-        gated_loss_weight=LAMBDA1, target_density=DENSITY))(state, batch)
+        s, b, model=model, method=method, tx=tx, phase="joint", optimizer_name="main",
+        seed=0))(state, batch)
 
     # The reference: the paper's loss with the hinge inside, plain optax, numpy projection.
     def old_loss(trainable):

@@ -12,9 +12,10 @@ import optax
 import pytest
 
 from csg_jax import gate as gate_lib
+from csg_jax import methods
 from csg_jax import optimizer as optimizer_lib
 from csg_jax.config import base_config
-from csg_jax.plan import Plan
+from csg_jax.methods import csg as csg_method
 
 
 def _config(schedule="joint", alternate=None, **gate):
@@ -30,7 +31,8 @@ def _config(schedule="joint", alternate=None, **gate):
 
 def _optimizers(config, num_examples=100):
   config.update(num_epochs=1.0, batch_size=10)
-  return optimizer_lib.make_optimizers(config, Plan.from_config(config, num_examples))
+  method = methods.for_config(config)
+  return optimizer_lib.make_optimizers(config, method.plan(num_examples), method)
 
 
 def _tree(seed):
@@ -214,7 +216,7 @@ def test_gate_chain_equals_numpy_reference(projection, budget, name, momentum):
 
 def test_sparsity_gradient_only_over_budget():
   """The transform alone: zero under the budget, weight * sign(G) over it."""
-  add = optimizer_lib.add_sparsity_gradient(0.5, 0.25)
+  add = csg_method.add_sparsity_gradient(0.5, 0.25)
   under = jnp.array([[0.5, 0.0], [-0.25, 0.0]])  # sum |G| = 0.75 < 0.25 * 4 = 1
   over = jnp.array([[1.0, 0.0], [-0.5, 0.25]])  # sum |G| = 1.75 > 1
   zeros = jnp.zeros((2, 2))
@@ -275,16 +277,16 @@ def test_subgradient_at_zero_follows_l1_subgradient():
   over = jnp.array([[1.0, 0.0], [-0.5, 0.25]])  # sum |G| = 1.75 > 0.25 * 4 = 1
   at_budget = jnp.array([[0.5, 0.0], [-0.25, 0.25]])  # sum |G| = 1: exactly the budget
   zeros = jnp.zeros((2, 2))
-  torch_rule = optimizer_lib.add_sparsity_gradient(0.5, 0.25, "torch")
+  torch_rule = csg_method.add_sparsity_gradient(0.5, 0.25, "torch")
   np.testing.assert_array_equal(torch_rule.update(zeros, torch_rule.init(over), over)[0],
                                 [[0.5, 0.0], [-0.5, 0.5]])  # torch.norm: 0 at G = 0
   np.testing.assert_array_equal(
       torch_rule.update(zeros, torch_rule.init(at_budget), at_budget)[0], 0.0)  # relu'(0) = 0
-  jax_rule = optimizer_lib.add_sparsity_gradient(0.5, 0.25, "jax")
+  jax_rule = csg_method.add_sparsity_gradient(0.5, 0.25, "jax")
   np.testing.assert_array_equal(jax_rule.update(zeros, jax_rule.init(over), over)[0],
                                 [[0.5, 0.5], [-0.5, 0.5]])
   with pytest.raises(Exception, match="unknown L1 subgradient 'numpy'"):
-    optimizer_lib.add_sparsity_gradient(0.5, 0.25, "numpy")
+    csg_method.add_sparsity_gradient(0.5, 0.25, "numpy")
 
 
 # --- The trunk's options against numpy --------------------------------------------------------

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from csg_jax import models
+from csg_jax.methods import csg as csg_method
 from csg_jax.evaluation import attacks
 from csg_jax.evaluation import predict
 
@@ -20,7 +21,8 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 def gated():
   # A ResNet with batch norm: at test time it must use the running statistics (train=False).
   backbone, k = models.build_backbone("resnet8", width=2)
-  model = models.CSGClassifier(backbone, num_classes=5, num_filters=k)
+  model = models.Classifier(backbone, num_classes=5, num_filters=k,
+                            gate=csg_method.GatedPath(5, k))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.normal(size=(20, 6, 6, 3)), jnp.float32)
   labels = jnp.asarray(np.arange(20) % 5, jnp.int32)

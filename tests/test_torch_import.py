@@ -69,10 +69,10 @@ def test_logits_equal_pytorch(name, size):
 def test_gate_is_lmask_transposed_and_only_where_the_file_has_one():
   model, variables = _load(AUTHORS)
   mask = load_file(_path(AUTHORS))["module.lmask.mask"]
-  assert model.use_gate and mask.shape == (model.num_filters, 6)
+  assert model.gate is not None and mask.shape == (model.num_filters, 6)
   np.testing.assert_array_equal(variables["gates"]["gate"]["G"], mask.T)
   plain, plain_variables = _load(PLAIN18)
-  assert not plain.use_gate and "gates" not in plain_variables
+  assert plain.gate is None and "gates" not in plain_variables
   # Widths come from conv1; num_batches_tracked counters are in the files and skipped.
   assert (model.backbone.base_width, plain.backbone.base_width) == (2, 8)
   assert any(k.endswith("num_batches_tracked") for k in load_file(_path(PLAIN18)))
@@ -304,9 +304,9 @@ def test_pytorch_padding_reaches_imagenet_resnets_only(padding):
   keeps "SAME" either way."""
   config = small_config()
   config.model.pytorch_padding = padding
-  assert models.build_model(config.model, 10, use_gate=False).backbone.pytorch_padding is False
+  assert models.build_model(config.model, 10).backbone.pytorch_padding is False
   config.model.name = "resnet18"
-  assert models.build_model(config.model, 10, use_gate=False).backbone.pytorch_padding is padding
+  assert models.build_model(config.model, 10).backbone.pytorch_padding is padding
 
 
 def _torch_fixtures():

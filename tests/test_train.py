@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from csg_jax import runs
+from csg_jax import methods
 from csg_jax import training
 from csg_jax.training import loop
 from csg_jax import sharding
@@ -118,14 +119,19 @@ def test_logging_evaluation_and_checkpoint_cadence(tmp_path):
 def test_gate_budget_note_names_the_filters_that_must_close():
   """Under max_normalize an open filter has a gate column maximum of 1: d*C*K < K closes filters."""
   config = small_config(csg=dict(gate=dict(target_density=0.05)))
-  note = loop.gate_budget_note(config, num_classes=10, num_filters=64)
+  notes = lambda c, classes: methods.for_config(c).notes(classes, 64)
+  [note] = notes(config, 10)
   assert "d = 0.05 is below 1/C = 0.1 (10 classes)" in note
   assert "budget d*C*K = 32 keeps at most 32 of the 64 filters open" in note
-  assert "at most 16 of the 64" in loop.gate_budget_note(config, num_classes=5, num_filters=64)
-  assert loop.gate_budget_note(config, num_classes=20, num_filters=64) is None  # d*C = 1
+  assert "at most 16 of the 64" in notes(config, 5)[0]
+  assert notes(config, 20) == []  # d*C = 1
   config.csg.gate.projection = "clip"
-  assert loop.gate_budget_note(config, num_classes=10, num_filters=64) is None
-  assert loop.gate_budget_note(small_config(method="std"), 3, 64) is None
+  assert notes(config, 10) == []
+  assert notes(small_config(method="std"), 3) == []
+
+
+def _csg(**gate):
+  return methods.for_config(small_config(csg=dict(gate=gate)))
 
 
 def test_nan_gate_under_the_released_projection_names_the_filter_and_the_step():
@@ -135,10 +141,10 @@ def test_nan_gate_under_the_released_projection_names_the_filter_and_the_step():
   with pytest.raises(Exception, match=r"the gate column of filter 7 became NaN at step 5: its "
                                       r"maximum reached exactly 0.*the last good checkpoint is "
                                       r"step 2.*projection=max_normalize"):
-    loop._check_finite(pending, 2, "released")
+    loop._check_finite(pending, 2, _csg(projection="released"))
   with pytest.raises(Exception, match="non-finite gate at step 5"):
-    loop._check_finite(pending, 2, "max_normalize")
-  loop._check_finite(pending[:1], 2, "released")  # finite: nothing to say
+    loop._check_finite(pending, 2, _csg(projection="max_normalize"))
+  loop._check_finite(pending[:1], 2, _csg(projection="released"))  # finite: nothing to say
 
 
 def test_closed_filters_are_noted_once_and_logged(tmp_path, capsys):

@@ -48,12 +48,13 @@ def read(config, weights: str, workdir: str) -> Imported:
     raise CSGError(f"config.model.width is {config.model.width} but {weights} has base width "
                    f"{width} (its conv1); leave model.width at 0")
   config.model.width = width
-  config.method = "csg" if model.use_gate else "std"
+  config.method = "csg" if model.gate is not None else "std"
   config_lib.validate(config)
   cli.check_workdir(workdir)
   channels = variables["params"]["backbone"]["stem_conv"]["kernel"].shape[2]
   record = {"weights": weights, "model": config.model.name, "width": width,
-            "input_channels": channels, "num_classes": model.num_classes, "gate": model.use_gate}
+            "input_channels": channels, "num_classes": model.num_classes,
+            "gate": model.gate is not None}
   return Imported(config, variables, record, model.num_filters)
 
 

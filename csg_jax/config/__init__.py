@@ -8,12 +8,11 @@ Config files import this package, which loads without JAX; `validate` and `unrea
 from csg_jax.config.compat import ADDED, RENAMED, complete, renamed_field_message, upgrade
 from csg_jax.config.files import DEFAULT_CONFIG, load_config_file, resolve, shipped
 from csg_jax.config.identity import BOOKKEEPING_FIELDS, plain, result_changes, run_name
-from csg_jax.config.schema import (CSG_SCHEDULES, DTYPES, FIELDS, L1_SUBGRADIENTS, METHODS,
-                                   PROJECTIONS, base_config, comments, describe, flatten)
+from csg_jax.config.schema import DTYPES, FIELDS, METHODS, base_config, comments, describe, flatten
 
 __all__ = [
-    "ADDED", "BOOKKEEPING_FIELDS", "CSG_SCHEDULES", "DEFAULT_CONFIG", "DTYPES", "FIELDS",
-    "L1_SUBGRADIENTS", "METHODS", "PROJECTIONS", "RENAMED", "base_config", "comments",
+    "ADDED", "BOOKKEEPING_FIELDS", "DEFAULT_CONFIG", "DTYPES", "FIELDS",
+    "METHODS", "RENAMED", "base_config", "comments",
     "complete", "describe", "flatten",
     "load_config_file", "plain", "renamed_field_message", "resolve", "result_changes", "run_name",
     "shipped", "unread_fields", "upgrade", "validate",

@@ -11,7 +11,10 @@ import ml_collections
 
 from csg_jax import data as data_lib
 
-METHODS = ("std", "csg")  # standard training, or class-specific gates
+# One module each in csg_jax/methods (tests check that these are its names). Each method's
+# config block is here, below; the config package stays free of JAX, so that --help, config
+# checks and run names never start it.
+METHODS = ("std", "csg", "picnn")
 CSG_SCHEDULES = ("joint", "alternate")  # the paper's loss every step, or the released epoch rule
 PROJECTIONS = ("max_normalize", "released", "clip")  # see gate.project_gates
 L1_SUBGRADIENTS = ("jax", "torch")  # the hinge's d|g|/dg at g = 0: +1 (JAX's) or 0 (torch's)
@@ -20,7 +23,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 # (dotted field, default, comment), in the order --show_config lists them.
 FIELDS = (
     ("seed", 0, "seeds initialisation, data order and augmentation"),
-    ("method", "csg", '"std" (standard training) or "csg" (class-specific gates)'),
+    ("method", "csg", "std (standard training) | csg (class-specific gates) | picnn (PICNN)"),
     ("num_epochs", 30.0, "passes over the training split (fractions allowed)"),
     ("batch_size", 128, "global batch: all devices and processes together"),
     ("eval_batch_size", 256,
@@ -82,10 +85,20 @@ FIELDS = (
     ("csg.alternate.period", 3,
      "epoch e >= warmup_epochs is a CSG epoch iff e % period >= min_phase"),
     ("csg.alternate.min_phase", 2, "see period"),
-    ("csg.alternate.optimizer", "adam", "optimiser B (CSG epochs) for the trunk layers it trains"),
+    ("csg.alternate.optimizer", "adam",
+     "optimiser B (CSG epochs) for the trunk layers it trains"),
     ("csg.alternate.learning_rate", 1e-3, "learning rate of optimiser B"),
     ("csg.alternate.freeze", "", "extra regex of layers frozen in CSG epochs"),
+
+    ("picnn.interpretation_weight", 2.0, "λ: weight of CE on the masked (interpretation) path"),
+    ("picnn.extra_conv_width", 64,
+     "K: a 3x3 conv to this many filters after the backbone (0: none, pool the backbone)"),
+    ("picnn.theta.optimizer", "adam", "optimiser of Θ: adam | sgd"),
+    ("picnn.theta.learning_rate", 1e-3, "peak learning rate of Θ (same schedule shape)"),
+    ("picnn.theta.momentum", 0.9, "momentum of Θ's SGD (0: plain SGD)"),
+    ("picnn.theta.weight_decay", 1e-4, "coupled L2 on Θ, as torch.optim.Adam's (0: off)"),
 )
+
 
 def base_config(data_source: str = "digits") -> ml_collections.ConfigDict:
   """Every field at its default, the data fields defaulted for `data_source`."""

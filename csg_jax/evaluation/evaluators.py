@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from csg_jax import gate as gate_lib
+from csg_jax import methods
 from csg_jax.evaluation import explain
 from csg_jax.evaluation import explain_report
 from csg_jax.evaluation import mis as mis_lib
@@ -40,7 +40,8 @@ class TrainingEvaluator:
     labels' MI ceiling, the scale of csg-evaluate's figure), at `step`."""
     setup, writer = self.setup, self.writer
     result = predict.evaluate(self.eval_fn, state, setup.dataset, setup.config, setup.mesh, split)
-    summary = predict.summarize_eval(result, setup.dataset.num_classes, state.host_gate(),
+    summary = predict.summarize_eval(result, setup.dataset.num_classes,
+                                     setup.method.density(state.gates),
                                      predict.mis_seed(setup.config))
     writer.write(step, split, {k: v for k, v in summary.items() if isinstance(v, float)})
     if writer.images:  # rendering costs a fraction of a second: at evaluations only
@@ -52,12 +53,14 @@ class TrainingEvaluator:
     return summary
 
   def write_gate(self, state, step: int) -> None:
-    """The gate G as a TensorBoard image on the fixed scale [0, 1] (classes x filters, filters
-    sorted by class; when the writer draws images); each class's number of filters by G's
-    argmax, `filters_per_class/<name>`, counting open filters only, and `gate/closed_filters`,
-    whose column is all zero (the argmax of such a column is class 0 by convention, not a class
-    the filter serves). Nothing for a run without a gate."""
-    gate, writer = state.host_gate(), self.writer
+    """The method's class matrix (CSG's gate G, PICNN's softmax(Θ)) as a TensorBoard image `gate`
+    on the fixed scale [0, 1] (classes x filters, filters sorted by class; when the writer draws
+    images); each class's number of filters by the matrix's argmax, `filters_per_class/<name>`,
+    counting open filters only, and `gate/closed_filters`, whose column is all zero (the argmax
+    of such a column is class 0 by convention, not a class the filter serves). Nothing for a
+    method without one."""
+    method, writer = self.setup.method, self.writer
+    gate = method.class_matrix(state.gates)
     if gate is None or not writer.enabled:
       return
     names = self.setup.dataset.class_names
@@ -65,7 +68,8 @@ class TrainingEvaluator:
       writer.write_image(step, "gate", plots.matrix_image(
           gate, names, vmax=1.0, colorbar_label="gate value", cmap="magma",
           sorted_by=plots.BY_GATE,
-          title=f"gate G at step {step}, L1 density {float(gate_lib.l1_density(gate)):.3f}"))
+          title=plots.matrix_title(method.matrix_label, method.density(state.gates),
+                                   f"at step {step}")))
     counts, closed = mis_lib.gate_filters_per_class(gate)
     writer.write_tensorboard_scalars(step, {
         **{f"filters_per_class/{name}": count for name, count in zip(names, counts)},
@@ -93,7 +97,7 @@ class TrainingEvaluator:
       log("TensorBoard atlas left out: a run of several processes draws it afterwards with "
           "`csg-explain --atlas`")
       return
-    classes = explain.FilterClasses(run.state.host_gate(), mi_matrix)
+    classes = explain.FilterClasses(methods.class_matrix(run.config, run.state.gates), mi_matrix)
     scan = explain.scan_split(run, "test")
     filters = explain.atlas_selection(classes, atlas_filters)
     for page, (rows, notes, assigned, page_title) in enumerate(explain_report.atlas_pages(

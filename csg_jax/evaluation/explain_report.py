@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from csg_jax import fileio
+from csg_jax import methods
 from csg_jax.errors import CSGError
 from csg_jax.evaluation import explain
 from csg_jax.evaluation import plots
@@ -142,7 +143,7 @@ def explain_workdir(workdir: str, *, indices: Sequence[int] = (), files: Sequenc
     log(f"{fileio.join(workdir, 'eval')} has no evaluation of step {run.step}: evaluating the "
         "run first (csg-evaluate), for the filters' MI classes")
     mi = report.evaluate_workdir(workdir, run=run).mi_matrix
-  classes = explain.FilterClasses(run.state.host_gate(), mi)
+  classes = explain.FilterClasses(methods.class_matrix(run.config, run.state.gates), mi)
   scan = explain.scan_split(run, "test", top_k=top_k)
   out = out or fileio.join(workdir, "explain")
   fileio.makedirs(out)

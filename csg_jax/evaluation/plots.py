@@ -27,6 +27,12 @@ def _save(fig, path: str, *, dpi: int) -> None:
 
 
 # How the matrix figures order their filters, as their axis says.
+def matrix_title(label: str, density: float | None, suffix: str = "") -> str:
+  """E.g. "gate G at step 40, L1 density 0.100" or "softmax(Θ) over classes"."""
+  return " ".join(p for p in (label, suffix) if p) + (
+      "" if density is None else f", L1 density {density:.3f}")
+
+
 BY_GATE = "gate class (argmax of its column; closed filters last)"
 BY_MI = "MI class (argmax of its column)"
 

@@ -9,7 +9,6 @@ import jax
 import numpy as np
 
 from csg_jax import data as data_lib
-from csg_jax import gate as gate_lib
 from csg_jax.evaluation import mis as mis_lib
 from csg_jax import sharding
 
@@ -56,9 +55,10 @@ def mis_seed(config) -> int:
   return config.seed if config.mis_seed is None else config.mis_seed
 
 
-def summarize_eval(result: Mapping[str, np.ndarray], num_classes: int, gate: np.ndarray | None,
+def summarize_eval(result: Mapping[str, np.ndarray], num_classes: int, density: float | None,
                    seed: int) -> dict[str, Any]:
-  """Accuracy, per-class accuracy, the MI matrix [C, K], MIS and gate density of an evaluation;
+  """Accuracy, per-class accuracy, the MI matrix [C, K], MIS of an evaluation, and the run's
+  gate density as given (its method's, methods.Method.density; None where undefined);
   `seed`: the MI estimator's random_state (mis_seed(config))."""
   pred, labels = result["prediction"], result["label"]
   per_class = [float((pred[labels == c] == c).mean()) if (labels == c).any() else None
@@ -69,6 +69,6 @@ def summarize_eval(result: Mapping[str, np.ndarray], num_classes: int, gate: np.
       "per_class_accuracy": per_class,
       "mi_matrix": mi,
       "mis": float(mis_lib.mis(mi)),
-      "gate_density": None if gate is None else float(gate_lib.l1_density(gate)),
+      "gate_density": density,
       "num_examples": int(labels.size),
   }

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from csg_jax import fileio
+from csg_jax import methods
 from csg_jax.evaluation import mis as mis_lib
 from csg_jax.evaluation import plots
 from csg_jax.evaluation import predict
@@ -44,8 +45,9 @@ def evaluate_workdir(workdir: str, *, split: str = "test",
   run = run or load_run(workdir)
   eval_fn = predict.make_eval_fn(run.model, run.mesh)
   result = predict.evaluate(eval_fn, run.state, run.dataset, run.config, run.mesh, split)
-  gate = run.state.host_gate()
-  summary = predict.summarize_eval(result, run.dataset.num_classes, gate,
+  gate = methods.class_matrix(run.config, run.state.gates)
+  method = methods.for_config(run.config)
+  summary = predict.summarize_eval(result, run.dataset.num_classes, method.density(run.state.gates),
                                    predict.mis_seed(run.config))
   mi = summary["mi_matrix"]
   names = list(run.dataset.class_names)
@@ -68,7 +70,8 @@ def evaluate_workdir(workdir: str, *, split: str = "test",
                          mi_ceiling=ceiling, title=title)
   if gate is not None:
     plots.matrix_figure(path["gate"], gate, names, vmax=1.0, colorbar_label="gate value",
-                        title=f"{title}: gate G, L1 density {summary['gate_density']:.3f}",
+                        title=f"{title}: " + plots.matrix_title(method.matrix_label,
+                                                                summary["gate_density"]),
                         cmap="magma", sorted_by=plots.BY_GATE)
   with fileio.atomic_file(fileio.join(out_dir, "mi_matrix.npy"), suffix=".npy") as tmp:
     np.save(tmp, mi)

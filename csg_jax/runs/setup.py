@@ -11,10 +11,10 @@ import jax
 import optax
 
 from csg_jax import data as data_lib
+from csg_jax import methods
 from csg_jax import models
 from csg_jax import optimizer as optimizer_lib
 from csg_jax import sharding
-from csg_jax.plan import Plan
 from csg_jax.runs import state as state_lib
 
 
@@ -23,8 +23,9 @@ class RunSetup:
   config: Any
   mesh: Any
   dataset: data_lib.Dataset | None  # None for a setup built from shapes alone (for_shapes)
-  model: models.CSGClassifier
-  plan: Plan
+  model: models.Classifier
+  method: methods.Method
+  plan: Any  # plan.Plan
   optimizers: dict[str, optax.GradientTransformation]
   image_shape: tuple[int, int, int]  # (H, W, C) the model sees
 
@@ -47,11 +48,11 @@ def _mesh(config, devices: Sequence[jax.Device] | None):
 
 def _assemble(config, mesh, dataset, num_classes: int, image_shape: Sequence[int],
               num_train_examples: int) -> RunSetup:
-  model = models.build_model(config.model, num_classes, use_gate=config.method == "csg",
-                             gate_init=config.csg.gate.init)
-  plan = Plan.from_config(config, num_train_examples)
-  return RunSetup(config, mesh, dataset, model, plan,
-                  optimizer_lib.make_optimizers(config, plan), tuple(image_shape))
+  method = methods.for_config(config)
+  model = models.build_model(config.model, num_classes, method)
+  plan = method.plan(num_train_examples)
+  return RunSetup(config, mesh, dataset, model, method, plan,
+                  optimizer_lib.make_optimizers(config, plan, method), tuple(image_shape))
 
 
 def for_shapes(config, *, num_classes: int, image_shape: Sequence[int],

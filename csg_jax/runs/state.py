@@ -15,6 +15,7 @@ import optax
 from flax import traverse_util
 
 from csg_jax import gate as gate_lib
+from csg_jax import methods
 from csg_jax import models
 from csg_jax import optimizer as optimizer_lib
 from csg_jax.errors import CSGError
@@ -39,10 +40,12 @@ class TrainState:
     return {"params": self.params, "gates": self.gates}
 
   def gate_matrix(self) -> jnp.ndarray | None:
+    """The method's [C, K] variable as stored (CSG's G, PICNN's Θ), or None for STD. What
+    evaluation reads is the method's class matrix (methods.class_matrix)."""
     return gate_lib.gate_values(self.gates)
 
   def host_gate(self) -> np.ndarray | None:
-    """G as a numpy array on the host, or None for a model without a gate."""
+    """gate_matrix() as a numpy array on the host."""
     gate = self.gate_matrix()
     return None if gate is None else np.asarray(jax.device_get(gate))
 
@@ -90,6 +93,15 @@ def _architecture(shapes: Mapping[str, tuple[int, ...]]) -> str:
   return ""
 
 
+def _method(shapes: Mapping[str, tuple[int, ...]]) -> str:
+  """The method whose variables the `gates` keys of `shapes` are ("std" for none), or ""."""
+  names = {k.split("/")[-1] for k in shapes if k.startswith(f"{gate_lib.GATE_COLLECTION}/")}
+  if len(names) > 1:
+    return ""
+  method = methods.of_variable(next(iter(names), None))
+  return method.name if method is not None else ""
+
+
 def _plural(n: int, what: str) -> str:
   return f"{n} {what}" if n == 1 else f"{n} {what}{'es' if what.endswith('s') else 's'}"
 
@@ -103,14 +115,14 @@ def _and(items: Sequence[str]) -> str:
 @dataclasses.dataclass(frozen=True)
 class Network:
   """What a train state's shapes say about the config that builds them: the model's name,
-  base width and gate, and its data's channel and class counts (None where the shapes do not
-  say)."""
+  base width and method (by the variable it keeps in `gates`), and its data's channel and class
+  counts (None where the shapes do not say)."""
   model: str  # "" when no model.name has these layers
   layers: frozenset[str]  # the backbone's variable names, which model.name decides
   width: int | None
   channels: int | None
   classes: int | None
-  gate: bool
+  method: str  # "std", "csg", "picnn"; "" when no method has its `gates` variables
 
   @classmethod
   def of(cls, shapes: Mapping[str, tuple[int, ...]]) -> "Network":
@@ -122,21 +134,25 @@ class Network:
                width=stem[3] if len(stem) == 4 else None,
                channels=stem[2] if len(stem) == 4 else None,
                classes=head[1] if len(head) == 2 else None,
-               gate=any(k.startswith(f"{gate_lib.GATE_COLLECTION}/") for k in shapes))
+               method=_method(shapes))
 
   def differences(self, other: "Network") -> tuple[str, ...]:
     """The config fields in which `other` differs: model.name, model.width, channels, classes
-    (the last two the data's), method (a gate or none)."""
+    (the last two the data's), method (the variables it keeps in `gates`)."""
     fields = []
     if self.layers != other.layers or self.model != other.model:
       fields.append("model.name")
     for field, mine, theirs in (("model.width", self.width, other.width),
                                 ("channels", self.channels, other.channels),
                                 ("classes", self.classes, other.classes),
-                                ("method", self.gate, other.gate)):
+                                ("method", self.method, other.method)):
       if mine != theirs:
         fields.append(field)
     return tuple(fields)
+
+  def _variables(self) -> str:
+    method = methods.METHODS.get(self.method)
+    return method.variable_description if method is not None else "variables of another method"
 
   def describe(self) -> str:
     """E.g. "a resnet18 at base width 8 with 3 input channels, 10 classes and a gate"."""
@@ -145,7 +161,7 @@ class Network:
       parts.append(f"at base width {self.width}")
     has = [_plural(n, what) for n, what in ((self.channels, "input channel"),
                                             (self.classes, "class")) if n is not None]
-    has += ["a gate"] if self.gate else []
+    has += [self._variables()] if self._variables() else []
     return " ".join(parts + ([f"with {_and(has)}"] if has else []))
 
   def describe_only(self, fields: Sequence[str]) -> str:
@@ -153,7 +169,7 @@ class Network:
     values = {"model.width": f"base width {self.width}",
               "channels": _plural(self.channels or 0, "input channel"),
               "classes": _plural(self.classes or 0, "class"),
-              "method": "a gate" if self.gate else "no gate"}
+              "method": self._variables() or "no variables of a method"}
     listed = _and([values[f] for f in fields if f in values])
     if "model.name" in fields:
       return f"a {self.model or 'network of other layers'}" + (f" with {listed}" if listed else "")
@@ -168,7 +184,8 @@ class Network:
     if "model.width" in fields:
       out.append(f"set --config.model.width={self.width}")
     if "method" in fields:
-      out.append(f"set --config.method={'csg' if self.gate else 'std'}")
+      out.append(f"set --config.method={self.method}" if self.method else
+                 "set --config.method to the method it was trained with")
     data = [_plural(self.channels or 0, "channel") if "channels" in fields else "",
             _plural(self.classes or 0, "class") if "classes" in fields else ""]
     if any(data):
@@ -176,7 +193,7 @@ class Network:
     return _and(out)
 
 
-def create_train_state(model: models.CSGClassifier,
+def create_train_state(model: models.Classifier,
                        optimizers: Mapping[str, optax.GradientTransformation],
                        image_shape: Sequence[int], rng: jax.Array) -> TrainState:
   variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)

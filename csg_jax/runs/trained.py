@@ -10,9 +10,9 @@ from typing import Any
 import jax
 
 from csg_jax import fileio
+from csg_jax import methods
 from csg_jax import optimizer as optimizer_lib
 from csg_jax.errors import CSGError
-from csg_jax.plan import Plan
 from csg_jax.runs import checkpoint as checkpoint_lib
 from csg_jax.runs import setup as setup_lib
 from csg_jax.runs import state as state_lib
@@ -85,7 +85,8 @@ def save_as_run(config, variables: dict[str, Any], workdir: str,
   set's size, so the plan is laid out for a nominal epoch of one batch.
   """
   workdir_lib.check_new_workdir(workdir)
-  optimizers = optimizer_lib.make_optimizers(config, Plan.from_config(config, config.batch_size))
+  method = methods.for_config(config)
+  optimizers = optimizer_lib.make_optimizers(config, method.plan(config.batch_size), method)
   state = state_lib.state_from_variables(variables, optimizers)
   checkpointer = checkpoint_lib.Checkpointer(workdir, every_steps=0,
                                              keep=config.keep_checkpoints)

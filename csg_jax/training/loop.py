@@ -21,7 +21,7 @@ from csg_jax import config as config_lib
 from csg_jax import data as data_lib
 from csg_jax import fileio
 from csg_jax import gate as gate_lib
-from csg_jax import losses
+from csg_jax import methods
 from csg_jax import optimizer as optimizer_lib
 from csg_jax import sharding
 from csg_jax.errors import CSGError
@@ -37,27 +37,31 @@ from csg_jax.training import preemption
 from csg_jax.training.metric_writer import MetricWriter
 
 
-def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model,
-               tx: optax.GradientTransformation, phase: str, optimizer_name: str,
-               gated_loss_weight: float, target_density: float
-               ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
-  """One optimisation step of `phase` ("std", "joint" or "csg"), updating one optimiser state.
+def draw_key(seed: int, step: jnp.ndarray) -> jax.Array:
+  """The key of a step's random draws (methods.DRAWS): a function of (seed, step) only, so a
+  resumed run draws what the uninterrupted run drew."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 0x64726177), step)
 
-  The gate's sparsity term is applied by its optax transform (in `tx`), not by the loss; the
-  logged `hinge` and `gate_density` are those of G after this step's update and projection.
+
+def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, method,
+               tx: optax.GradientTransformation, phase: str, optimizer_name: str, seed: int
+               ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+  """One optimisation step of `phase` (one of the plan's phases), updating one optimiser state.
+
+  The objective is the method's for the phase; the method's own variables (collection `gates`)
+  are updated by its transform in `tx`, and its `step_metrics` describe them after the update.
   """
   images, labels = batch["image"], batch["label"]
-  gated = phase != "std"
 
   def loss_fn(trainable):
     variables = {"params": trainable["params"], **({"gates": trainable["gates"]}
                                                    if trainable["gates"] else {})}
     if state.batch_stats:
       variables["batch_stats"] = state.batch_stats
-    outputs, updated = model.apply(variables, images, labels if gated else None, train=True,
-                                   mutable=["batch_stats"])
-    loss, metrics = losses.objective(outputs, labels, phase,
-                                     gated_loss_weight=gated_loss_weight)
+    outputs, updated = model.apply(variables, images, labels, train=True,
+                                   mutable=["batch_stats"],
+                                   rngs={methods.DRAWS: draw_key(seed, state.step)})
+    loss, metrics = method.objective(outputs, labels, phase)
     return loss, (metrics, updated.get("batch_stats", {}))
 
   trainable = state.trainable()
@@ -71,11 +75,7 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model,
     bad = ~jnp.isfinite(gate).all(axis=0)  # filters whose gate column holds NaN or inf
     metrics["gate_finite"] = (~bad.any()).astype(jnp.float32)
     metrics["gate_bad_filter"] = jnp.where(bad.any(), jnp.argmax(bad), -1).astype(jnp.float32)
-    if gated:
-      metrics["hinge"] = gate_lib.sparsity_hinge(gate, target_density)
-      metrics["gate_density"] = gate_lib.l1_density(gate)
-      # Filters whose column is all zero serve no class.
-      metrics["gate_closed"] = (gate.max(axis=0) <= 0).sum().astype(jnp.float32)
+    metrics.update(method.step_metrics(trainable["gates"], phase))
   new_state = state.replace(step=state.step + 1, params=trainable["params"],
                             gates=trainable["gates"], batch_stats=batch_stats,
                             opt_state={**state.opt_state, optimizer_name: opt_state})
@@ -85,42 +85,22 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model,
 def make_train_steps(setup: setup_lib.RunSetup) -> dict[str, Callable]:
   """One jit-compiled train step per phase of the plan, sharded over the setup's mesh."""
   repl, data = sharding.replicated(setup.mesh), sharding.batch_sharding(setup.mesh)
-  csg = setup.config.csg
   steps = {}
   for phase in setup.plan.phases:
     name = setup.plan.optimizer_of_phase[phase]
-    fn = functools.partial(train_step, model=setup.model, tx=setup.optimizers[name], phase=phase,
-                           optimizer_name=name, gated_loss_weight=csg.gated_loss_weight,
-                           target_density=csg.gate.target_density)
+    fn = functools.partial(train_step, model=setup.model, method=setup.method,
+                           tx=setup.optimizers[name], phase=phase, optimizer_name=name,
+                           seed=setup.config.seed)
     steps[phase] = jax.jit(fn, in_shardings=(repl, data), out_shardings=(repl, repl),
                            donate_argnums=0)
   return steps
 
 
-_STATE_METRICS = ("gate_density", "hinge", "gate_closed")
-
-
-def gate_budget_note(config, num_classes: int, num_filters: int) -> str | None:
-  """A note when the gate's L1 budget cannot keep every filter open for one class: under
-  max_normalize an open filter's column has maximum 1, so d*C*K < K closes some filters."""
-  if config.method != "csg" or config.csg.gate.projection != "max_normalize":
-    return None
-  d = config.csg.gate.target_density
-  if d * num_classes >= 1:
-    return None
-  budget = d * num_classes * num_filters
-  return (f"note: csg.gate.target_density d = {d:g} is below 1/C = {1 / num_classes:.3g} "
-          f"({num_classes} classes): under max_normalize every open filter keeps a gate value "
-          f"of 1, so the L1 budget d*C*K = {budget:g} keeps at most {int(budget)} of the "
-          f"{num_filters} filters open and the others close (they serve no class). For one "
-          "class per filter set d >= 1/C (docs/csg-method.md, section 4).")
-
-
 class _Progress:
   """Step, loss, accuracy, images/s and ETA on one line every `log_every_steps`."""
 
-  def __init__(self, total_steps: int, batch_size: int, start_step: int):
-    self.total, self.batch_size = total_steps, batch_size
+  def __init__(self, total_steps: int, batch_size: int, start_step: int, method):
+    self.total, self.batch_size, self.method = total_steps, batch_size, method
     self.last_step, self.last_time = start_step, time.perf_counter()
 
   def line(self, step: int, means: Mapping[str, float], phase: str) -> str:
@@ -129,27 +109,20 @@ class _Progress:
     per_step = (now - self.last_time) / steps
     self.last_step, self.last_time = step, now
     eta = per_step * (self.total - step)
-    acc = means.get("accuracy_csg" if phase == "csg" else "accuracy", float("nan"))
-    extra = f" density {means['gate_density']:.3f}" if "gate_density" in means else ""
-    return (f"step {step}/{self.total} [{phase}] loss {means['loss']:.4f} acc {acc:.3f}{extra} "
+    return (f"step {step}/{self.total} [{phase}] loss {means['loss']:.4f} "
+            f"{self.method.progress(means, phase)} "
             f"| {self.batch_size / per_step:,.0f} img/s | ETA {eta / 60:.1f} min")
 
 
-def _check_finite(pending, last_checkpoint: int | None, projection: str) -> None:
+def _check_finite(pending, last_checkpoint: int | None, method) -> None:
   for step, m in pending:
     if not np.isfinite(m["loss"]) or m.get("gate_finite", 1.0) < 1.0:
       what = "loss" if not np.isfinite(m["loss"]) else "gate"
       where = (f"the last good checkpoint is step {last_checkpoint}" if last_checkpoint
                else "no checkpoint was written")
-      if what == "gate" and projection == "released":
-        raise CSGError(
-            f"the gate column of filter {int(m['gate_bad_filter'])} became NaN at step "
-            f"{step + 1}: its maximum reached exactly 0, and the released projection "
-            "(csg.gate.projection='released', clip_lmask) divides by it, as the released run "
-            f"would have; training stopped ({where}). To go on, use "
-            "--config.csg.gate.projection=max_normalize (such a filter closes instead), or a "
-            "smaller gate learning rate or sparsity weight.")
-      raise CSGError(f"non-finite {what} at step {step + 1}; training stopped and no checkpoint "
+      message = method.nonfinite_message(m, step + 1, where) if what == "gate" else None
+      raise CSGError(message or
+                     f"non-finite {what} at step {step + 1}; training stopped and no checkpoint "
                      f"was written after it ({where}). Lower the learning rate "
                      "(--config.optimizer.learning_rate) or enable gradient clipping "
                      "(--config.optimizer.grad_clip_norm).")
@@ -157,7 +130,7 @@ def _check_finite(pending, last_checkpoint: int | None, projection: str) -> None
 
 def _describe_run(setup: setup_lib.RunSetup) -> str:
   config = setup.config
-  method = config.method + (f"/{config.csg.schedule}" if config.method == "csg" else "")
+  method = setup.method.describe()
   sizes = ", ".join(f"{len(split)} {role}" for role, split in setup.dataset.splits.items())
   return (f"Training {config.model.name} ({method}) on {setup.dataset.name} ({sizes}): "
           f"{setup.plan.total_steps} steps of {config.batch_size} images on "
@@ -228,7 +201,7 @@ def _train(setup: setup_lib.RunSetup, workdir: str, checkpointer, state: TrainSt
   # Closed (and uploaded) however training ends.
   with MetricWriter(workdir, images=config.tensorboard_images) as writer:
     evaluator = TrainingEvaluator(setup, writer)
-    progress = _Progress(plan.total_steps, config.batch_size, start_step)
+    progress = _Progress(plan.total_steps, config.batch_size, start_step, setup.method)
     batches = data_lib.train_batches(setup.dataset, config.data,
                                      global_batch_size=config.batch_size, seed=config.seed,
                                      start_step=start_step, process_index=jax.process_index(),
@@ -240,10 +213,10 @@ def _train(setup: setup_lib.RunSetup, workdir: str, checkpointer, state: TrainSt
     for step in range(start_step):
       own_steps[plan.optimizer_of_phase[plan.phase(step)]] += 1
     pending = []
-    budget_note = gate_budget_note(config, setup.dataset.num_classes, setup.model.num_filters)
-    if budget_note:
-      log(budget_note)
-    closed_noted = budget_note is not None
+    notes = setup.method.notes(setup.dataset.num_classes, setup.model.num_filters)
+    for note in notes:
+      log(note)
+    closed_noted = bool(notes)
     in_flight = None
     try:
       with preemption.PreemptionWatcher() as watcher:
@@ -268,10 +241,10 @@ def _train(setup: setup_lib.RunSetup, workdir: str, checkpointer, state: TrainSt
           if save_now or log_now:
             pending = jax.device_get(pending)
             # never checkpoint a non-finite state
-            _check_finite(pending, last_checkpoint, config.csg.gate.projection)
+            _check_finite(pending, last_checkpoint, setup.method)
             # Losses and accuracies: means over the steps since the last row. The gate's
             # density and hinge describe the state: their values after the logged step.
-            means = {k: float(v if k in _STATE_METRICS else
+            means = {k: float(v if k in setup.method.STATE_METRICS else
                               np.mean([m[k] for _, m in pending if k in m]))
                      for k, v in pending[-1][1].items()
                      if k not in ("gate_finite", "gate_bad_filter")}
