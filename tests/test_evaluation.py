@@ -167,13 +167,38 @@ def test_compare_over_seeds_writes_rows_means_and_intervals(tmp_path):
   assert "gate_density" not in summary["summary"]["std"]
   assert summary["summary"]["csg"]["gate_density"] == {"n": 3, "mean": pytest.approx(0.1),
                                                        "sd": pytest.approx(0.0)}
-  acc = summary["difference"]["accuracy"]  # differences 0.01, 0.02, 0.03
+  assert summary["methods"] == ["std", "csg"] and list(summary["differences"]) == ["csg-std"]
+  acc = summary["differences"]["csg-std"]["accuracy"]  # differences 0.01, 0.02, 0.03
   np.testing.assert_allclose([acc["mean"], acc["sd"]], [0.02, 0.01])
   np.testing.assert_allclose([acc["low"], acc["high"]],
                              0.02 + np.array([-1, 1]) * 4.302653 * 0.01 / 3**0.5, rtol=1e-6)
-  assert set(summary["difference"]) == {"accuracy", "mis"}  # STD has no gate density
+  assert set(summary["differences"]["csg-std"]) == {"accuracy", "mis"}  # STD: no gate density
   text = open(path).read()
   assert "| seed | STD accuracy | STD MIS | CSG accuracy | CSG MIS | CSG L1 density |" in text
   assert "| 4 | 0.9400 | 0.1900 | 0.9700 | 0.2200 | 0.1000 |" in text
   assert "| mean ± sd | 0.9200 ± 0.0200 |" in text
-  assert f"| accuracy | +0.0200 | 0.0100 | [{acc['low']:+.4f}, {acc['high']:+.4f}] |" in text
+  assert (f"| CSG − STD | accuracy | +0.0200 | 0.0100 | [{acc['low']:+.4f}, {acc['high']:+.4f}] |"
+          in text)
+
+
+def test_compare_over_seeds_pairs_every_method_with_every_earlier_one(tmp_path):
+  """Three methods: CSG − STD, PICNN − STD and PICNN − CSG, each paired by seed; PICNN has no
+  gate density (None), so no density column or difference for it."""
+  acc = {"std": (0.90, 0.92, 0.91), "csg": (0.91, 0.95, 0.93), "picnn": (0.93, 0.93, 0.96)}
+  reports = {s: {m: {**_fake_report(m, s, acc[m][i], 0.1 * (i + 1)),
+                     "gate_density": 0.1 if m == "csg" else None} for m in acc}
+             for i, s in enumerate((0, 1, 2))}
+  path = statistics.write_seed_comparison(str(tmp_path), reports)
+  summary = json.loads((tmp_path / "compare.json").read_text())
+  assert summary["methods"] == ["std", "csg", "picnn"]
+  assert list(summary["differences"]) == ["csg-std", "picnn-std", "picnn-csg"]
+  # picnn - csg per seed: +0.02, -0.02, +0.03: mean 0.01, sd sqrt(((0.01)^2 + 0.03^2 + 0.02^2)/2)
+  d = summary["differences"]["picnn-csg"]["accuracy"]
+  np.testing.assert_allclose([d["mean"], d["sd"]], [0.01, np.sqrt(0.0014 / 2)], atol=1e-12)
+  np.testing.assert_allclose(d["high"] - d["mean"], 4.302653 * d["sd"] / 3**0.5, rtol=1e-6)
+  assert set(summary["differences"]["picnn-csg"]) == {"accuracy", "mis"}
+  np.testing.assert_allclose(summary["differences"]["picnn-std"]["mis"]["mean"], 0.0, atol=1e-12)
+  text = open(path).read()
+  assert "| seed | STD accuracy | STD MIS | CSG accuracy | CSG MIS | CSG L1 density | PICNN " \
+         "accuracy | PICNN MIS |" in text
+  assert "| PICNN − CSG | accuracy | +0.0100 |" in text

@@ -113,6 +113,25 @@ def test_compare_seeds_flag_values():
       cli.parse_seeds(bad)
 
 
+def test_compare_methods_flag_values():
+  assert cli.parse_methods("std,csg,picnn") == ("std", "csg", "picnn")
+  assert cli.parse_methods(" picnn , csg") == ("picnn", "csg")
+  for bad in ("std", "std,std", "std,gates", ""):
+    with pytest.raises(CSGError, match=f"--methods is '{bad}': give two or more distinct "
+                                       "methods separated by commas, from std, csg, picnn"):
+      cli.parse_methods(bad)
+
+
+def test_compare_refuses_an_override_none_of_its_methods_reads(tmp_path):
+  proc = _run([*_shim("compare"), "--methods=std,csg", "--config.picnn.interpretation_weight=1",
+               f"--workdir={tmp_path / 'w'}"])
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "error: --config.picnn.interpretation_weight is not read by this run (method is 'std'): "
+      "remove it, or set the field that makes the run read it"]
+  assert not (tmp_path / "w").exists()
+
+
 def test_compare_trains_the_configs_std_baseline_with_the_same_overrides(tmp_path):
   """A config naming its STD baseline (config.std_config, as voc_part_resnet152 does): the STD
   run is that config with the command's overrides, the CSG run this one; compare.md names both.

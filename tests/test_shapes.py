@@ -121,7 +121,9 @@ def test_applications_end_to_end(tiny_runs, tmp_path):
   assert os.path.getsize(os.path.join(tiny_runs["csg"], "eval", "localization_examples.png"))
   assert "gate_consistency" in csg["adversarial"][0]["detection"]
   assert "gate_consistency" not in std["adversarial"][0]["detection"]
-  text, written = applications.compare(std, csg, std_curves, csg_curves, str(tmp_path / "cmp"))
+  text, written = applications.compare({"STD": std, "CSG": csg},
+                                       {"STD": std_curves, "CSG": csg_curves},
+                                       str(tmp_path / "cmp"))
   assert "| CAM IoU |" in text and "| PGD | 8/255 |" in text and "| STD | CSG |" in text
   assert "GradMap" not in text  # only in the CSG report: no half-empty rows
   assert sorted(os.listdir(tmp_path / "cmp")) == sorted(written) == [
@@ -129,7 +131,8 @@ def test_applications_end_to_end(tiny_runs, tmp_path):
       "localization_std_vs_csg.png", "roc_std_vs_csg.png"]
   # A run without localization (no masks): no localization figure, and none listed.
   std.pop("localization")
-  _, written = applications.compare(std, csg, std_curves, csg_curves, str(tmp_path / "cmp2"))
+  _, written = applications.compare({"STD": std, "CSG": csg},
+                                 {"STD": std_curves, "CSG": csg_curves}, str(tmp_path / "cmp2"))
   assert sorted(os.listdir(tmp_path / "cmp2")) == sorted(written) == [
       "applications_std_vs_csg.json", "applications_std_vs_csg.md", "roc_std_vs_csg.png"]
 

@@ -197,11 +197,23 @@ def config_file_name(config_flag_name: str = "config") -> str:
   return config_flags.get_config_filename(flags.FLAGS[config_flag_name])
 
 
-def check_overrides_are_read(config, config_flag_name: str = "config") -> None:
+def check_overrides_are_read(config, config_flag_name: str = "config", *,
+                             methods: Sequence[str] = ()) -> None:
   """An override the run never reads (--config.data.name=cifar100 with data.source 'digits')
-  stops the run with one line, instead of training something the user did not ask for."""
-  overrides = config_flags.get_override_values(flags.FLAGS[config_flag_name])
-  unread = config_lib.unread_fields(config, sorted(overrides))
+  stops the run with one line, instead of training something the user did not ask for. With
+  `methods` (compare's runs), an override is unread when none of the runs of `config` with
+  method=<each of them> reads it."""
+  overrides = sorted(config_flags.get_override_values(flags.FLAGS[config_flag_name]))
+  unread = config_lib.unread_fields(config, overrides)
+  if methods:
+    per_method = []
+    for name in methods:
+      each = config.copy_and_resolve_references()
+      each.unlock()
+      each.method = name
+      per_method.append(dict(config_lib.unread_fields(each, overrides)))
+    unread = [(field, per_method[0][field]) for field in overrides
+              if all(field in m for m in per_method)]
   if unread:
     raise CSGError("; ".join(f"--config.{field} is not read by this run ({why})"
                              for field, why in unread) + ": remove it, or set the field that "
@@ -232,6 +244,17 @@ def check_workdir(workdir: str) -> None:
   except OSError as e:
     raise CSGError(f"cannot write to --workdir {workdir!r} ({e.strerror}); choose a folder you "
                    "can write to") from None
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+  """The methods of `--methods std,csg,picnn`, in order; one line naming the known ones for an
+  unknown or repeated name. Parsed before the heavy imports."""
+  names = tuple(part.strip() for part in text.split(",") if part.strip())
+  known = config_lib.METHODS
+  if len(names) < 2 or len(set(names)) != len(names) or any(n not in known for n in names):
+    raise CSGError(f"--methods is {text!r}: give two or more distinct methods separated by "
+                   f"commas, from {', '.join(known)} (e.g. --methods std,csg,picnn)")
+  return names
 
 
 def parse_seeds(text: str) -> tuple[int, ...] | None:

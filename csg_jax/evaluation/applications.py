@@ -19,6 +19,7 @@ import optax
 
 from csg_jax import data as data_lib
 from csg_jax import fileio
+from csg_jax import methods
 from csg_jax import runs
 from csg_jax.data import sources
 from csg_jax.errors import CSGError
@@ -53,16 +54,19 @@ def app_config() -> ml_collections.ConfigDict:
 def run_applications(cfg, workdirs: Sequence[str] = (), *, std_workdir: str | None = None,
                      csg_workdir: str | None = None,
                      out_dir: str | None = None) -> str | None:
-  """Evaluates every run, and with an STD and a CSG run writes their side-by-side report.
+  """Evaluates every run, and with two or more runs writes their side-by-side report.
 
-  The runs are checked before any is loaded, so a mistyped path fails at once.
-  Returns the side-by-side markdown's path (default folder: <csg_workdir>/eval), or None.
+  `workdirs`: runs of any methods (STD, CSG, PICNN, ...); `std_workdir` and `csg_workdir`: an
+  STD and a CSG run, checked to be those, placed first. The runs are checked before any is
+  loaded, so a mistyped path fails at once. Returns the side-by-side markdown's path (default
+  folder: <the last run>/eval), or None for one run.
   """
   pair = (std_workdir, csg_workdir)
   if any(pair) and not all(pair):
     raise CSGError("--std_workdir and --csg_workdir go together; give both, or use --workdir")
   if not workdirs and not any(pair):
-    raise CSGError("no run given: pass --workdir W, or --std_workdir and --csg_workdir")
+    raise CSGError("no run given: pass --workdir W (repeatable), or --std_workdir and "
+                   "--csg_workdir")
   for w in list(workdirs) + [p for p in pair if p]:
     if not fileio.isdir(w):
       raise CSGError(f"workdir {w!r} does not exist; pass the --workdir of a training run")
@@ -71,15 +75,27 @@ def run_applications(cfg, workdirs: Sequence[str] = (), *, std_workdir: str | No
     if methods != ["std", "csg"] and None not in methods:
       raise CSGError(f"--std_workdir is a {methods[0]} run and --csg_workdir a {methods[1]} "
                      "run: pass an STD run and a CSG run, in that order")
-  results = {w: evaluate_run(w, cfg) for w in [p for p in pair if p] + list(workdirs)}
-  if not all(pair):
+  ordered = [p for p in pair if p] + [w for w in workdirs if w not in pair]
+  results = {w: evaluate_run(w, cfg) for w in ordered}
+  if len(ordered) < 2:
     return None
-  (std, std_curves), (csg, csg_curves) = results[std_workdir], results[csg_workdir]
-  out_dir = out_dir or fileio.join(csg_workdir, "eval")
-  text, written = compare(std, csg, std_curves, csg_curves, out_dir)
-  path = fileio.join(out_dir, "applications_std_vs_csg.md")
+  labels = run_labels({w: results[w][0]["method"] for w in ordered})
+  out_dir = out_dir or fileio.join(ordered[-1], "eval")
+  text, written = compare({labels[w]: results[w][0] for w in ordered},
+                          {labels[w]: results[w][1] for w in ordered}, out_dir)
+  path = fileio.join(out_dir, written[0])
   log(f"\n{text}\nside-by-side report: {path} (+ {', '.join(written[1:])})")
   return path
+
+
+def run_labels(methods: Mapping[str, str]) -> dict[str, str]:
+  """{workdir: label}: the method in capitals ("STD", "PICNN"), with the workdir's name added
+  where two runs share a method."""
+  counts = {}
+  for m in methods.values():
+    counts[m] = counts.get(m, 0) + 1
+  return {w: m.upper() if counts[m] == 1 else f"{m.upper()} ({fileio.name(w)})"
+          for w, m in methods.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,7 +116,7 @@ def evaluate_run(workdir: str, cfg, *, devices=None) -> tuple[Report, Curves]:
   start = time.perf_counter()
   run = runs.load_run(workdir, devices=devices)
   config, dataset = run.config, run.dataset
-  gate = run.state.host_gate()
+  gate = methods.class_matrix(config, run.state.gates)
   num_devices = run.mesh.devices.size
   names = list(dataset.class_names)
   out_dir = fileio.join(workdir, "eval")
@@ -385,31 +401,41 @@ def markdown_report(reports: dict[str, Report]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def compare(std: Report, csg: Report, std_curves: Curves, csg_curves: Curves,
+def compare(reports: Mapping[str, Report], curves: Mapping[str, Curves],
             out_dir: str) -> tuple[str, list[str]]:
-  """Side-by-side markdown, JSON and figures of an STD and a CSG run; returns the markdown and
-  the names of the files written (figures only for the applications both runs have)."""
+  """Side-by-side markdown, JSON and figures of runs {label: report} (e.g. STD, CSG, PICNN);
+  returns the markdown and the names of the files written (figures only for the applications
+  every run has). Files are named applications_<a>_vs_<b>...: applications_std_vs_csg.md for
+  an STD and a CSG run."""
   fileio.makedirs(out_dir)
-  reports = {"STD": std, "CSG": csg}
-  text = "# STD vs CSG: localization and adversarial detection\n\n" + markdown_report(reports)
-  fileio.write_text_atomic(fileio.join(out_dir, "applications_std_vs_csg.md"), text)
-  fileio.write_json_atomic(fileio.join(out_dir, "applications_std_vs_csg.json"), reports)
-  written = ["applications_std_vs_csg.md", "applications_std_vs_csg.json"]
-  if "localization" in std and "localization" in csg:
-    plots.localization_iou_figure(fileio.join(out_dir, "localization_std_vs_csg.png"), reports)
-    written.append("localization_std_vs_csg.png")
+  reports = dict(reports)
+  labels = list(reports)
+  stem = "_vs_".join(_file_part(label) for label in labels)
+  title = " vs ".join(labels)
+  text = f"# {title}: localization and adversarial detection\n\n" + markdown_report(reports)
+  fileio.write_text_atomic(fileio.join(out_dir, f"applications_{stem}.md"), text)
+  fileio.write_json_atomic(fileio.join(out_dir, f"applications_{stem}.json"), reports)
+  written = [f"applications_{stem}.md", f"applications_{stem}.json"]
+  if all("localization" in r for r in reports.values()):
+    plots.localization_iou_figure(fileio.join(out_dir, f"localization_{stem}.png"), reports)
+    written.append(f"localization_{stem}.png")
   panels = {}
-  for key in std_curves:
-    if key not in csg_curves:
+  for key in curves[labels[0]]:
+    if not all(key in curves[label] for label in labels):
       continue
     attack, eps = key
     panel = {}
-    for label, curves in (("STD", std_curves[key]), ("CSG", csg_curves[key])):
-      for det, v in curves.items():
+    for label in labels:
+      for det, v in curves[label][key].items():
         panel[f"{label} {det.replace('_', ' ')}"] = (v["fpr"], v["tpr"], v["auc"])
     panels[f"{attack.upper()} ε={eps * 255:.0f}/255"] = panel
   if panels:
-    plots.roc_figure(fileio.join(out_dir, "roc_std_vs_csg.png"), panels,
-                     title="Adversarial-sample detection: STD vs CSG")
-    written.append("roc_std_vs_csg.png")
+    plots.roc_figure(fileio.join(out_dir, f"roc_{stem}.png"), panels,
+                     title=f"Adversarial-sample detection: {title}")
+    written.append(f"roc_{stem}.png")
   return text, written
+
+
+def _file_part(label: str) -> str:
+  """"STD" -> "std"; "CSG (run_2)" -> "csg_run_2"."""
+  return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_").replace("__", "_")

@@ -1,7 +1,8 @@
-"""STD against CSG: a pair of runs of one config, trained (or reused), evaluated and compared in
-the paper's Table 1 form; over several seeds, a pair per seed and their statistics.
+"""Methods against each other: one run per method of one config (STD, CSG, PICNN, ...), trained
+(or reused), evaluated and compared in the paper's Table 1 form; over several seeds, a set per
+seed and their statistics (every pair of methods, paired by seed).
 
-`train_and_compare(config, root, seeds)` is what csg-compare runs.
+`train_and_compare(config, root, seeds, methods=...)` is what csg-compare runs.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def comparison_markdown(reports: Mapping[str, Mapping[str, Any]], figure: str,
   """
   workdirs = workdirs or {name: r["workdir"] for name, r in reports.items()}
   any_report = next(iter(reports.values()))
-  lines = [f"# STD vs CSG: {any_report['model']} on {any_report['dataset']}", "",
+  title = " vs ".join(name.upper() for name in reports)
+  lines = [f"# {title}: {any_report['model']} on {any_report['dataset']}", "",
            "| training | accuracy | MIS | L1 density | step | workdir |",
            "|---|---|---|---|---|---|"]
   for name, r in reports.items():
@@ -39,10 +41,11 @@ def comparison_markdown(reports: Mapping[str, Mapping[str, Any]], figure: str,
   if configs:
     lines += ["", "Configs: " + "; ".join(f"{name.upper()}: {text}"
                                           for name, text in configs.items()) + "."]
-  lines += ["", f"Test split, STD path, {any_report['num_examples']} examples. MIS: mean over "
-            "filters of the largest mutual information (nats) between a filter's pooled "
-            "activation and a class indicator; higher is more class-specific.", "",
-            f"![STD vs CSG]({figure})", ""]
+  lines += ["", f"Test split, each network's own logits, {any_report['num_examples']} examples. "
+            "MIS: mean over filters of the largest mutual information (nats) between a filter's "
+            "pooled activation and a class indicator; higher is more class-specific. L1 "
+            "density: of CSG's gate (not defined for the other methods).", "",
+            f"![{title}]({figure})", ""]
   return "\n".join(lines)
 
 
@@ -88,13 +91,19 @@ def _with(config, **fields):
   return out
 
 
-def _train_pair(config, std_config, root: str,
-                configs: Mapping[str, str] | None = None) -> dict[str, Evaluation]:
-  """Trains (or reuses) `std_config` in <root>/std and `config` as CSG in <root>/csg, evaluates
-  both, and writes <root>/compare.md and compare.png (naming `configs` when given)."""
+def method_configs(config, names: Sequence[str], std_config=None) -> dict[str, Any]:
+  """{method: the config its run trains}: `std_config` (default std_baseline(config)) for std,
+  `config` with method=<name> for the others."""
+  std_config = std_config if std_config is not None else std_baseline(config)
+  return {name: std_config if name == "std" else _with(config, method=name) for name in names}
+
+
+def _train_methods(run_configs: Mapping[str, Any], root: str,
+                   configs: Mapping[str, str] | None = None) -> dict[str, Evaluation]:
+  """Trains (or reuses) each method's config in <root>/<method>, evaluates each, and writes
+  <root>/compare.md and compare.png (naming `configs` when given)."""
   evaluations = {}
-  for method in ("std", "csg"):
-    run_config = std_config if method == "std" else _with(config, method="csg")
+  for method, run_config in run_configs.items():
     workdir = fileio.join(root, method)
     results = finished_run(workdir, run_config)
     if results is None:
@@ -105,40 +114,42 @@ def _train_pair(config, std_config, root: str,
     log(summary_line(results, workdir))
     evaluations[method] = evaluate_workdir(workdir)
   path = write_comparison(root, evaluations, {method: method for method in evaluations}, configs)
-  std, csg = evaluations["std"].report, evaluations["csg"].report
-  log(f"STD: accuracy {std['accuracy']:.4f}, MIS {std['mis']:.4f} | CSG: accuracy "
-      f"{csg['accuracy']:.4f}, MIS {csg['mis']:.4f}, density {csg['gate_density']:.4f}; "
-      f"table in {path}")
+  log(" | ".join(f"{m.upper()}: accuracy {e.report['accuracy']:.4f}, MIS {e.report['mis']:.4f}"
+                 + ("" if e.report["gate_density"] is None
+                    else f", density {e.report['gate_density']:.4f}")
+                 for m, e in evaluations.items()) + f"; table in {path}")
   return evaluations
 
 
 def train_and_compare(config, root: str, seeds: Sequence[int] | None = None, *,
-                      std_config=None, configs: Mapping[str, str] | None = None) -> str:
-  """Trains `config` as CSG and `std_config` (default: std_baseline(config)) as STD and compares
-  them; returns the path of compare.md. `configs` says in compare.md what each side used.
+                      methods: Sequence[str] = ("std", "csg"), std_config=None,
+                      configs: Mapping[str, str] | None = None) -> str:
+  """Trains `config` once per method of `methods` (std: `std_config`, default
+  std_baseline(config)) and compares them; returns the path of compare.md. `configs` says in
+  compare.md what each side used.
 
-  Without `seeds`: one pair with config.seed in <root>/std and <root>/csg. With seeds: a pair
-  per seed k in <root>/seed<k>/{std,csg} (each with its own compare.md), and in <root>
-  compare.md and compare.json with the per-seed rows, mean ± sd and the paired CSG − STD
-  differences with their confidence intervals.
+  Without `seeds`: one run per method with config.seed in <root>/<method>. With seeds: a set per
+  seed k in <root>/seed<k>/<method> (each with its own compare.md), and in <root> compare.md and
+  compare.json with the per-seed rows, mean ± sd and the paired differences of every pair of
+  methods (later − earlier in `methods`) with their confidence intervals.
   """
-  std_config = std_config if std_config is not None else std_baseline(config)
   if seeds is None:
-    _train_pair(config, std_config, root, configs)
+    _train_methods(method_configs(config, methods, std_config), root, configs)
     return fileio.join(root, "compare.md")
   reports = {}
   for seed in seeds:
     log(f"=== seed {seed}")
-    pair = _train_pair(_with(config, seed=seed), _with(std_config, seed=seed),
-                       fileio.join(root, f"seed{seed}"), configs)
+    std_seed = None if std_config is None else _with(std_config, seed=seed)
+    evaluations = _train_methods(method_configs(_with(config, seed=seed), methods, std_seed),
+                                 fileio.join(root, f"seed{seed}"), configs)
     # Each run's folder relative to <root>, as compare.md and compare.json show it.
     reports[seed] = {method: {**e.report, "workdir": f"seed{seed}/{method}"}
-                     for method, e in pair.items()}
+                     for method, e in evaluations.items()}
   path = statistics.write_seed_comparison(root, reports)
-  for metric, d in statistics.seed_summary(reports)["difference"].items():
-    ci = "" if d["low"] is None else f", 95 % CI [{d['low']:+.4f}, {d['high']:+.4f}]"
-    log(f"CSG − STD {statistics.LABELS[metric]} over {d['n']} seeds: {d['mean']:+.4f}{ci}")
+  for pair, metrics in statistics.seed_summary(reports)["differences"].items():
+    for metric, d in metrics.items():
+      ci = "" if d["low"] is None else f", 95 % CI [{d['low']:+.4f}, {d['high']:+.4f}]"
+      log(f"{pair.replace('-', ' − ').upper()} {statistics.LABELS[metric]} over {d['n']} "
+          f"seeds: {d['mean']:+.4f}{ci}")
   log(f"table in {path}")
   return path
-
-

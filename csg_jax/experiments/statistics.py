@@ -1,5 +1,6 @@
-"""Statistics over seeds: mean ± sd per method and metric, and the paired CSG − STD difference
-with its Student-t interval (what compare.json and compare.md hold for `csg-compare --seeds`).
+"""Statistics over seeds: mean ± sd per method and metric, and the paired difference of every
+pair of methods with its Student-t interval (what compare.json and compare.md hold for
+`csg-compare --seeds`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def t_quantile(probability: float, df: int) -> float:
 
 def paired_difference(csg: Sequence[float], std: Sequence[float],
                       confidence: float = CONFIDENCE) -> dict[str, float | None]:
-  """Mean of the per-seed differences csg - std with a Student-t confidence interval.
+  """Mean of the per-seed differences csg - std (any method against another) with a Student-t
+  confidence interval.
 
   Pairing by seed removes what the two runs of a seed share (initialisation, data order), so the
   interval is that of the differences, with n - 1 degrees of freedom; None below 2 seeds.
@@ -45,21 +47,35 @@ def paired_difference(csg: Sequence[float], std: Sequence[float],
   return out
 
 
+def method_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+  """(later, earlier) for every pair of methods in `names`' order: what compare differences.
+  For std, csg, picnn: csg − std, picnn − std, picnn − csg."""
+  return [(b, a) for i, a in enumerate(names) for b in names[i + 1:]]
+
+
+def pair_name(pair: tuple[str, str]) -> str:
+  return f"{pair[0]}-{pair[1]}"
+
+
 def seed_summary(reports: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
-  """What compare.json holds: {seed: {"std": report, "csg": report}} -> per-seed rows,
-  mean ± sd per method and metric, and the paired CSG − STD difference per metric both have."""
+  """What compare.json holds: {seed: {method: report}} (every seed the same methods, in the
+  order compared) -> per-seed rows, mean ± sd per method and metric, and for every pair of
+  methods (later − earlier, `method_pairs`) the paired difference of each metric both have,
+  under "differences" keyed "csg-std", "picnn-std", "picnn-csg"."""
   seeds = list(reports)
-  first = reports[seeds[0]]["csg"]
+  names = list(reports[seeds[0]])
+  first = reports[seeds[0]][names[-1]]
   runs = [{"seed": s, **{m: {k: reports[s][m][k] for k in SEED_METRICS + ("step", "workdir")}
-                         for m in ("std", "csg")}} for s in seeds]
-  values = {m: {k: [r[m][k] for r in runs] for k in SEED_METRICS} for m in ("std", "csg")}
+                         for m in names}} for s in seeds]
+  values = {m: {k: [r[m][k] for r in runs] for k in SEED_METRICS} for m in names}
   summary = {m: {k: mean_sd(v) for k, v in per.items() if None not in v}
              for m, per in values.items()}
-  difference = {k: paired_difference(values["csg"][k], values["std"][k]) for k in SEED_METRICS
-                if None not in values["std"][k] + values["csg"][k]}
+  differences = {pair_name((b, a)): {
+      k: paired_difference(values[b][k], values[a][k]) for k in SEED_METRICS
+      if None not in values[a][k] + values[b][k]} for b, a in method_pairs(names)}
   return {"model": first["model"], "dataset": first["dataset"],
-          "num_examples": first["num_examples"], "seeds": seeds, "runs": runs,
-          "summary": summary, "difference": difference}
+          "num_examples": first["num_examples"], "seeds": seeds, "methods": names,
+          "runs": runs, "summary": summary, "differences": differences}
 
 
 LABELS = {"accuracy": "accuracy", "mis": "MIS", "gate_density": "L1 density"}
@@ -75,31 +91,36 @@ def seed_markdown(summary: Mapping[str, Any],
                   footer: str = "Per-seed tables and figures: seed<k>/compare.md.") -> str:
   """compare.md over several seeds: per-seed rows, mean ± sd, paired differences with CIs;
   `footer` says where each seed's details are."""
-  columns = [(m, k) for m in ("std", "csg") for k in SEED_METRICS
-             if not (m == "std" and k == "gate_density")]
+  names = summary["methods"]
+  columns = [(m, k) for m in names for k in SEED_METRICS
+             if any(run[m][k] is not None for run in summary["runs"])]
   head = " | ".join(f"{m.upper()} {LABELS[k]}" for m, k in columns)
   n = len(summary["seeds"])
-  lines = [f"# STD vs CSG over {n} seed(s): {summary['model']} on {summary['dataset']}", "",
+  lines = [f"# {' vs '.join(m.upper() for m in names)} over {n} seed(s): {summary['model']} "
+           f"on {summary['dataset']}", "",
            f"| seed | {head} |", "|---|" + "---|" * len(columns)]
   for run in summary["runs"]:
     lines.append(f"| {run['seed']} | "
                  + " | ".join(number(run[m][k]) for m, k in columns) + " |")
   lines.append("| mean ± sd | " + " | ".join(
       _mean_sd_text(summary["summary"][m].get(k)) for m, k in columns) + " |")
-  lines += ["", "Paired CSG − STD difference per seed (same seed: same initialisation and data "
-            f"order); interval: Student t with n − 1 = {n - 1} degrees of freedom.", "",
-            "| metric | mean difference | sd | 95 % CI |", "|---|---|---|---|"]
-  for k, d in summary["difference"].items():
-    ci = "–" if d["low"] is None else f"[{d['low']:+.4f}, {d['high']:+.4f}]"
-    sd = "–" if d["sd"] is None else f"{d['sd']:.4f}"
-    lines.append(f"| {LABELS[k]} | {d['mean']:+.4f} | {sd} | {ci} |")
-  lines += ["", f"Test split, STD path, {summary['num_examples']} examples; sd: sample standard "
-            f"deviation over seeds. {footer}", ""]
+  lines += ["", "Paired differences per seed (same seed: same initialisation and data order); "
+            f"interval: Student t with n − 1 = {n - 1} degrees of freedom. An interval that "
+            "holds 0 is not a difference these seeds can tell from noise.", "",
+            "| difference | metric | mean | sd | 95 % CI |", "|---|---|---|---|---|"]
+  for pair, metrics in summary["differences"].items():
+    label = " − ".join(m.upper() for m in pair.split("-"))
+    for k, d in metrics.items():
+      ci = "–" if d["low"] is None else f"[{d['low']:+.4f}, {d['high']:+.4f}]"
+      sd = "–" if d["sd"] is None else f"{d['sd']:.4f}"
+      lines.append(f"| {label} | {LABELS[k]} | {d['mean']:+.4f} | {sd} | {ci} |")
+  lines += ["", f"Test split, {summary['num_examples']} examples (each network's own logits); "
+            f"sd: sample standard deviation over seeds. {footer}", ""]
   return "\n".join(lines)
 
 
 def write_seed_comparison(root: str, reports: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> str:
-  """<root>/compare.json and <root>/compare.md from {seed: {"std": report, "csg": report}};
+  """<root>/compare.json and <root>/compare.md from {seed: {method: report}};
   returns the .md path."""
   summary = seed_summary(reports)
   fileio.write_json_atomic(fileio.join(root, "compare.json"), summary)
