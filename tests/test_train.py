@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import chex
 import jax
@@ -13,6 +14,7 @@ from csg_jax import methods
 from csg_jax import training
 from csg_jax.training import loop
 from csg_jax import sharding
+from csg_jax.errors import CSGError
 from conftest import small_config, tensorboard_events
 
 
@@ -191,3 +193,44 @@ def test_validation_split_during_training_and_test_once_at_the_end(tmp_path):
   assert [step for step, _ in scalars["val/accuracy"]] == [5, 9]
   assert [step for step, _ in scalars["test/accuracy"]] == [9]
   assert [step for step, _ in scalars["gate/closed_filters"]] == [5, 9]  # at each evaluation
+
+
+def test_a_step_that_cannot_fit_stops_before_anything_is_written(tmp_path, monkeypatch):
+  """The trainer compiles every phase's step before the first and compares XLA's memory figure
+  with the device's limit (CPU reports none: here a GPU-like limit of 1 KiB is pretended)."""
+  from csg_jax.training import memory  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(memory, "device_memory_bytes", lambda devices: 1 << 10)
+  workdir = tmp_path / "w"
+  with pytest.raises(CSGError) as error:
+    training.train_and_evaluate(small_config(), str(workdir))
+  message = str(error.value)
+  assert re.search(r"^the train \(joint\) step needs \d+\.\d\d GiB per device \(arguments "
+                   r"\d+\.\d\d, outputs \d+\.\d\d, temporaries \d+\.\d\d GiB\) but cpu:\d+ has "
+                   r"0\.00 GiB: nothing was trained or written\. Use a smaller "
+                   r"--config\.batch_size \(now 64, 8 per device\), or "
+                   r"--config\.model\.dtype=bfloat16, or more devices\.$", message), message
+  assert not workdir.exists() or not os.listdir(workdir)
+
+
+def test_step_memory_and_device_limits():
+  from csg_jax.training import memory  # pylint: disable=g-import-not-at-top
+
+  class Device:
+    def __init__(self, stats):
+      self.stats = stats
+
+    def memory_stats(self):
+      return self.stats
+
+  assert memory.device_memory_bytes([Device({"bytes_limit": 5}), Device({"bytes_limit": 3})]) == 3
+  assert memory.device_memory_bytes([Device(None)]) is None  # CPU: no limit
+  assert memory.device_memory_bytes([Device({"bytes_in_use": 1})]) is None
+  sizes = {"arguments": 3 << 30, "outputs": 1 << 30, "temporaries": 2 << 30, "aliased": 1 << 30,
+           "code": 0, "total": 5 << 30}
+  memory.check_fits(sizes, 5 << 30, step="eval", device="gpu:0", batch_size=8, num_devices=1,
+                    dtype="bfloat16")  # exactly fits: nothing said
+  with pytest.raises(CSGError, match=r"needs 5\.00 GiB per device \(arguments 3\.00, outputs "
+                                     r"1\.00, temporaries 2\.00 GiB\) but gpu:0 has 4\.00 GiB.*"
+                                     r"batch_size \(now 8, 8 per device\), or more devices\.$"):
+    memory.check_fits(sizes, 4 << 30, step="eval", device="gpu:0", batch_size=8, num_devices=1,
+                      dtype="bfloat16")

@@ -26,9 +26,10 @@ from csg_jax.errors import CSGError
 from csg_jax.evaluation.predict import make_eval_fn
 from csg_jax.log import log
 from csg_jax.runs import setup as setup_lib
+from csg_jax.training import memory
 from csg_jax.training.loop import make_train_steps
 
-GIB = 2**30
+GIB = memory.GIB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,12 +233,7 @@ def compile_step(tgt: Target, fn, batch: int, eval_batch: bool, state=None) -> d
 
 
 def _figures(tgt: Target, compiled, batch: int, eval_batch: bool) -> dict[str, Any]:
-  mem = compiled.memory_analysis()
-  sizes = {"arguments": mem.argument_size_in_bytes, "outputs": mem.output_size_in_bytes,
-           "temporaries": mem.temp_size_in_bytes, "aliased": mem.alias_size_in_bytes,
-           "code": mem.generated_code_size_in_bytes}
-  sizes["total"] = (sizes["arguments"] + sizes["outputs"] - sizes["aliased"]
-                    + sizes["temporaries"] + sizes["code"])
+  sizes = memory.step_bytes(compiled)
   cost = _first(compiled.cost_analysis())
   flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
   dtype = tgt.setup.config.model.dtype

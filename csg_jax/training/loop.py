@@ -33,6 +33,7 @@ from csg_jax.runs import state as state_lib
 from csg_jax.runs import workdir as workdir_lib
 from csg_jax.runs.lock import WorkdirLock
 from csg_jax.runs.state import TrainState
+from csg_jax.training import memory
 from csg_jax.training import preemption
 from csg_jax.training.metric_writer import MetricWriter
 
@@ -96,6 +97,30 @@ def make_train_steps(setup: setup_lib.RunSetup) -> dict[str, Callable]:
   return steps
 
 
+def compile_train_steps(setup: setup_lib.RunSetup, state) -> dict[str, Callable]:
+  """Every phase's train step compiled ahead of the first step for `state` (its abstract
+  shapes and shardings suffice) and the global batch; the loop runs these executables, so
+  nothing compiles twice. A step whose memory (XLA's analysis) exceeds the device's limit
+  (GPU, TPU; CPU reports none) stops the run with one line naming what it needs, what the device
+  has and what to change."""
+  data = sharding.batch_sharding(setup.mesh)
+  batch = {"image": jax.ShapeDtypeStruct((setup.config.batch_size, *setup.image_shape),
+                                         jnp.float32, sharding=data),
+           "label": jax.ShapeDtypeStruct((setup.config.batch_size,), jnp.int32, sharding=data)}
+  devices = list(setup.mesh.devices.flat)
+  capacity = memory.device_memory_bytes([d for d in devices
+                                         if d.process_index == jax.process_index()])
+  out = {}
+  for phase, fn in make_train_steps(setup).items():
+    compiled = fn.lower(state, batch).compile()
+    memory.check_fits(memory.step_bytes(compiled), capacity, step=f"train ({phase})",
+                      device=f"{devices[0].platform}:{devices[0].id}",
+                      batch_size=setup.config.batch_size, num_devices=len(devices),
+                      dtype=setup.config.model.dtype)
+    out[phase] = compiled
+  return out
+
+
 class _Progress:
   """Step, loss, accuracy, images/s and ETA on one line every `log_every_steps`."""
 
@@ -149,6 +174,8 @@ def train_and_evaluate(config, workdir: str, *,
   setup = setup_lib.build(config, devices=devices,
                           statistics=workdir_lib.recorded_statistics(workdir))
   abstract = setup.abstract_state()
+  # Compiled before anything is written: a step that cannot fit stops the run here.
+  train_fns = compile_train_steps(setup, abstract)
   has_checkpoints = any(d.isdigit() for d in fileio.listdir(fileio.join(workdir, "checkpoints")))
   pretrained = (state_lib.load_init_from(config.init_from, config.init_from_skip, abstract)
                 if config.init_from and not has_checkpoints else None)
@@ -164,7 +191,7 @@ def train_and_evaluate(config, workdir: str, *,
       start_step = 0
     else:
       log(f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}")
-    return _train(setup, workdir, checkpointer, state, start_step)
+    return _train(setup, workdir, checkpointer, state, start_step, train_fns)
 
 
 def _start(setup: setup_lib.RunSetup, config, workdir: str, pretrained) -> TrainState:
@@ -188,7 +215,7 @@ def _start(setup: setup_lib.RunSetup, config, workdir: str, pretrained) -> Train
 
 
 def _train(setup: setup_lib.RunSetup, workdir: str, checkpointer, state: TrainState,
-           start_step: int) -> dict[str, Any]:
+           start_step: int, train_fns: Mapping[str, Callable]) -> dict[str, Any]:
   """Steps from start_step to the end of the plan, then the final evaluation and results.json.
 
   Evaluation during training uses the 'val' split when the data set has one, so that tuning
@@ -197,7 +224,6 @@ def _train(setup: setup_lib.RunSetup, workdir: str, checkpointer, state: TrainSt
   config, plan, mesh = setup.config, setup.plan, setup.mesh
   has_val = "val" in setup.dataset.splits
   during = "val" if has_val else "test"
-  train_fns = make_train_steps(setup)
   # Closed (and uploaded) however training ends.
   with MetricWriter(workdir, images=config.tensorboard_images) as writer:
     evaluator = TrainingEvaluator(setup, writer)
