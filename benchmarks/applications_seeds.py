@@ -1,8 +1,10 @@
-r"""STD vs CSG on the shapes applications over several seeds: mean ± sd per run and the paired
-CSG − STD difference with its 95 % Student-t interval, from the side-by-side reports that
-benchmarks/applications_shapes.sh writes (one OUT folder per seed).
+r"""The shapes applications over several seeds, for every method in the side-by-side reports that
+benchmarks/applications_shapes.sh writes (one OUT folder per seed; STD, CSG, PICNN): mean ± sd
+per method and the paired difference of every pair (later − earlier: CSG − STD, PICNN − STD,
+PICNN − CSG) with its 95 % Student-t interval.
 
-  for s in 0 1 2; do SEED=$s benchmarks/applications_shapes.sh workdirs/applications_shapes_s$s; done
+  for s in 0 1 2; do SEED=$s benchmarks/applications_shapes.sh workdirs/applications_shapes_s$s
+  done
   python benchmarks/applications_seeds.py workdirs/applications_shapes_s0 \
       workdirs/applications_shapes_s1 workdirs/applications_shapes_s2
 
@@ -11,6 +13,7 @@ printed is a JSON object with every figure.
 """
 
 import argparse
+import glob
 import json
 import os
 import sys
@@ -28,6 +31,9 @@ LOCALIZATION_ROWS = (("GradMap IoU", ("localization", "gradmap", "iou")),
                      ("ActivMap IoU", ("localization", "activmap", "iou")),
                      ("ActivMap AP", ("localization", "activmap", "ap")))
 
+# The explanation-quality section (evaluation/explanation_quality.py), when the reports have it.
+EXPLANATION_ROWS = ()
+
 
 def _get(report, path):
   for key in path:
@@ -35,18 +41,19 @@ def _get(report, path):
   return report
 
 
-def _detection_rows(std, csg):
+def _detection_rows(runs):
   """[(label, getter)]: per attack row, the accuracy under attack and every detector's AUC that
-  either run has (the gate's: CSG only)."""
+  any run has (the gate's: CSG and PICNN, whose class matrix it reads)."""
   rows = []
-  for row in csg["adversarial"]:
+  for row in runs[0]["adversarial"]:
     attack, eps = row["attack"], row["epsilon"]
     pick = lambda r, a=attack, e=eps: next(x for x in r["adversarial"]
                                            if x["attack"] == a and x["epsilon"] == e)
     name = f"{attack.upper()} {eps * 255:.0f}/255"
     rows.append((f"{name} accuracy", lambda r, p=pick: p(r)["accuracy"]))
-    detectors = list(row["detection"]) + [d for d in pick(std)["detection"]
-                                          if d not in row["detection"]]
+    detectors = []
+    for run in runs:
+      detectors += [d for d in pick(run)["detection"] if d not in detectors]
     for det in detectors:
       rows.append((f"{name} AUC {det.replace('_', ' ')}",
                    lambda r, p=pick, d=det: p(r)["detection"].get(d, {}).get("auc")))
@@ -72,34 +79,41 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   reports = []
   for out in args.outs:
-    path = os.path.join(out, "report", "applications_std_vs_csg.json")
-    if not os.path.exists(path):
-      print(f"error: {path} does not exist: run benchmarks/applications_shapes.sh {out} first",
-            file=sys.stderr)
+    found = sorted(glob.glob(os.path.join(out, "report", "applications_*.json")))
+    if len(found) != 1:
+      print(f"error: {os.path.join(out, 'report')} holds {len(found)} applications_*.json: run "
+            f"benchmarks/applications_shapes.sh {out} first", file=sys.stderr)
       return 2
-    with open(path) as f:
+    with open(found[0]) as f:
       reports.append(json.load(f))
+  labels = list(reports[0])
+  if any(list(r) != labels for r in reports):
+    print("error: the OUT folders compare different methods", file=sys.stderr)
+    return 2
+  pairs = statistics.method_pairs(labels)
 
   table_rows = [(label, lambda r, p=path: _get(r, p)) for label, path in RUN_ROWS]
   table_rows += [(label, lambda r, p=path: _get(r, p)) for label, path in LOCALIZATION_ROWS
-                 if all("localization" in x["STD"] and "localization" in x["CSG"]
-                        for x in reports)]
-  if all("adversarial" in x["STD"] and "adversarial" in x["CSG"] for x in reports):
-    table_rows += _detection_rows(reports[0]["STD"], reports[0]["CSG"])
-  result = {"seeds": len(reports), "outs": args.outs, "rows": {}}
-  print(f"{len(reports)} seeds; mean ± sd over seeds; CSG − STD: mean of the per-seed "
+                 if all("localization" in x[m] for x in reports for m in labels)]
+  table_rows += [(label, lambda r, p=path: _get(r, p)) for label, path in EXPLANATION_ROWS
+                 if all("explanations" in x[m] for x in reports for m in labels)]
+  if all("adversarial" in x[m] for x in reports for m in labels):
+    table_rows += _detection_rows([reports[0][m] for m in labels])
+  result = {"seeds": len(reports), "outs": args.outs, "methods": labels, "rows": {}}
+  print(f"{len(reports)} seeds; mean ± sd over seeds; differences: mean of the per-seed "
         "differences [95 % Student-t interval]")
   print("")
-  print("| | STD | CSG | CSG − STD |")
-  print("|---|---|---|---|")
+  diff_names = [f"{b} − {a}" for b, a in pairs]
+  print("| | " + " | ".join(labels + diff_names) + " |")
+  print("|---|" + "---|" * (len(labels) + len(pairs)))
   for label, get in table_rows:
-    values = {m: [get(r[m]) if _has(r[m], get) else None for r in reports]
-              for m in ("STD", "CSG")}
+    values = {m: [get(r[m]) if _has(r[m], get) else None for r in reports] for m in labels}
     stats = {m: (statistics.mean_sd(v) if None not in v else None) for m, v in values.items()}
-    diff = (statistics.paired_difference(values["CSG"], values["STD"])
-            if stats["STD"] and stats["CSG"] else None)
-    result["rows"][label] = {"std": values["STD"], "csg": values["CSG"], "difference": diff}
-    print(f"| {label} | {_cell(stats['STD'])} | {_cell(stats['CSG'])} | {_diff_cell(diff)} |")
+    diffs = {f"{b}-{a}": (statistics.paired_difference(values[b], values[a])
+                          if stats[a] and stats[b] else None) for b, a in pairs}
+    result["rows"][label] = {"values": values, "differences": diffs}
+    print(f"| {label} | " + " | ".join([_cell(stats[m]) for m in labels]
+                                      + [_diff_cell(d) for d in diffs.values()]) + " |")
   print(json.dumps(result), flush=True)
   return 0
 

@@ -104,12 +104,12 @@ def write_results(workdir: str, results: Mapping[str, Any]) -> None:
 
 
 def summary_line(results: Mapping[str, Any], workdir: str) -> str:
-  """The closing line of a run: method, model, data, step, accuracy, MIS, density (and the
+  """The closing line of a run: method, model, data, step, accuracy, MIS, CSG's density (and the
   validation split's accuracy and MIS, when it has one), results path."""
-  density = results["gate_density"]
-  density = "n/a (std)" if density is None else f"{density:.4f}"
+  density = results["gate_density"]  # a CSG gate's; None for methods without one
+  density = "" if density is None else f", gate L1 density {density:.4f}"
   val = (f"; val accuracy {results['val_accuracy']:.4f}, MIS {results['val_mis']:.4f}"
          if "val_accuracy" in results else "")
   return (f"done: {results['method']} {results['model']} on {results['dataset']} after step "
-          f"{results['step']}: accuracy {results['accuracy']:.4f}, MIS {results['mis']:.4f}, "
-          f"gate L1 density {density}{val}; results in {fileio.join(workdir, 'results.json')}")
+          f"{results['step']}: accuracy {results['accuracy']:.4f}, MIS {results['mis']:.4f}"
+          f"{density}{val}; results in {fileio.join(workdir, 'results.json')}")
