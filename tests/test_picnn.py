@@ -298,3 +298,20 @@ def test_the_config_schema_lists_every_method_module():
     assert methods.get(name).name == name
   with pytest.raises(CSGError, match="unknown method 'gates'; choose one of std, csg, picnn"):
     methods.get("gates")
+
+
+def test_a_picnn_run_explains_and_draws_its_atlas_by_theta(picnn_run, tmp_path):
+  from csg_jax.evaluation import explain_report  # pylint: disable=g-import-not-at-top
+  workdir, _ = picnn_run
+  out = explain_report.explain_workdir(workdir, indices=[0, 1], atlas=True,
+                                       out=str(tmp_path / "explain"), filters_per_page=6)
+  atlas = json.loads((tmp_path / "explain" / "atlas.json").read_text())
+  theta = runs.load_run(workdir).state.host_gate()
+  assert atlas["assigned_by"] == "gate"  # the method's class matrix, softmax(Θ)
+  for row in atlas["filters"]:
+    assert row["gate_class"] == int(theta[:, row["filter"]].argmax())
+    np.testing.assert_allclose(row["gate_value"],
+                               _softmax(theta.astype(np.float64), 0)[:, row["filter"]].max(),
+                               rtol=1e-5)
+  assert out["atlas"]["pages"] == len(atlas["pages"]) == 2  # 12 filters, 6 a page
+  assert all((tmp_path / "explain" / page).stat().st_size > 0 for page in atlas["pages"])

@@ -14,7 +14,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from csg_jax import methods
 from csg_jax.evaluation import explain
 from csg_jax.evaluation import explain_report
 from csg_jax.evaluation import mis as mis_lib
@@ -97,7 +96,8 @@ class TrainingEvaluator:
       log("TensorBoard atlas left out: a run of several processes draws it afterwards with "
           "`csg-explain --atlas`")
       return
-    classes = explain.FilterClasses(methods.class_matrix(run.config, run.state.gates), mi_matrix)
+    classes = explain.FilterClasses(self.setup.method.class_matrix(state.gates), mi_matrix,
+                                    self.setup.method.class_label)
     scan = explain.scan_split(run, "test")
     filters = explain.atlas_selection(classes, atlas_filters)
     for page, (rows, notes, assigned, page_title) in enumerate(explain_report.atlas_pages(

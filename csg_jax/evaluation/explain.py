@@ -34,10 +34,12 @@ CLOSED = -1  # the gate class of a filter whose gate column is all zero: it serv
 
 @dataclasses.dataclass(frozen=True)
 class FilterClasses:
-  """Which class each filter serves, by the gate G [C, K] (CSG runs) and by the MI matrix
-  M [C, K] (evaluated runs); either may be None."""
+  """Which class each filter serves, by the method's class matrix [C, K] (`gate`: CSG's G,
+  PICNN's softmax(Θ)) and by the MI matrix M [C, K] (evaluated runs); either may be None.
+  `label` names the class matrix in figure notes ("gate", "Θ")."""
   gate: np.ndarray | None = None
   mi: np.ndarray | None = None
+  label: str = "gate"
 
   @property
   def gate_class(self) -> np.ndarray | None:

@@ -29,8 +29,8 @@ def _filter_note(classes: explain.FilterClasses, k: int, class_names: Sequence[s
   d = classes.describe(k, class_names)
   parts = []
   if "gate_class" in d:
-    parts.append("gate: closed" if d["gate_class"] is None else
-                 f"gate: {d['gate_class_name']} ({d['gate_value']:.2f})")
+    parts.append(f"{classes.label}: closed" if d["gate_class"] is None else
+                 f"{classes.label}: {d['gate_class_name']} ({d['gate_value']:.2f})")
   if "mi_class" in d:
     parts.append(f"MI: {d['mi_class_name']}")
   return "\n".join(parts)
@@ -88,15 +88,15 @@ def atlas_pages(run, classes, scan, title, filters, filters_per_page):
   """(rows, notes, assigned classes, title) of each page of the atlas of `filters` (in atlas
   order): a note per filter with its class, value and purity."""
   class_names = list(run.dataset.class_names)
-  by = {"gate": "gate", "mi": "MI"}[classes.assigned_by]
-  value = "{:.2f}" if by == "gate" else "{:.3f} nats"
+  by = {"gate": classes.label, "mi": "MI"}[classes.assigned_by]
+  value = "{:.3f} nats" if by == "MI" else "{:.2f}"
   assigned, strength = classes.assigned, classes.strength
   hits = (scan.top_labels == assigned[:, None]).sum(axis=1)
   top_k = scan.top_labels.shape[1]
   shown = "" if len(filters) == len(assigned) else f" shown (of {len(assigned)})"
   for start in range(0, len(filters), filters_per_page):
     page = filters[start:start + filters_per_page]
-    notes = [f"filter {k}\n" + ("gate: closed" if assigned[k] == explain.CLOSED else
+    notes = [f"filter {k}\n" + (f"{by}: closed" if assigned[k] == explain.CLOSED else
                                 f"{by}: {class_names[assigned[k]]} ({value.format(strength[k])})"
                                 f"\npurity {hits[k]}/{top_k}") for k in page]
     yield (explain.atlas_rows(run, scan, page), notes, assigned[page],
@@ -143,7 +143,8 @@ def explain_workdir(workdir: str, *, indices: Sequence[int] = (), files: Sequenc
     log(f"{fileio.join(workdir, 'eval')} has no evaluation of step {run.step}: evaluating the "
         "run first (csg-evaluate), for the filters' MI classes")
     mi = report.evaluate_workdir(workdir, run=run).mi_matrix
-  classes = explain.FilterClasses(methods.class_matrix(run.config, run.state.gates), mi)
+  method = methods.for_config(run.config)
+  classes = explain.FilterClasses(method.class_matrix(run.state.gates), mi, method.class_label)
   scan = explain.scan_split(run, "test", top_k=top_k)
   out = out or fileio.join(workdir, "explain")
   fileio.makedirs(out)

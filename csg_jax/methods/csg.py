@@ -135,6 +135,7 @@ class CSG(Method):
   summary = "class-specific gates: a sparse gate G [C, K] opens each filter for its classes"
   STATE_METRICS = ("gate_density", "hinge", "gate_closed")
   matrix_label = "gate G"
+  class_label = "gate"
   VARIABLE = gate_lib.GATE_NAME
   variable_description = "a gate"
 

@@ -133,6 +133,7 @@ class PICNN(Method):
              "masks whose CE trains the filters of each class")
   STATE_METRICS = ("theta_confidence",)
   matrix_label = "softmax(Θ) over classes"
+  class_label = "Θ"
   VARIABLE = THETA
   variable_description = "PICNN's Θ"
 
