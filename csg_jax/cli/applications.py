@@ -4,6 +4,7 @@ r"""The paper's applications on trained runs: localization and adversarial-sampl
   csg-applications --workdir W                    # one run
   csg-applications --workdir W --app.attacks.epsilons="(0.0314,)" \
       --app.localization.methods="('cam',)"
+  csg-applications --workdir W --export_maps maps/   # + explanation maps as maps/<W name>.npz
 
 For each run: localization (GradMap, CAM, ActivMap; only when the data set has object masks,
 i.e. `<data.path>/masks/<test split>.npy`, or the voc_part_released source), FGSM/PGD attacks
@@ -27,6 +28,9 @@ _STD = flags.DEFINE_string("std_workdir", None, "The STD run of a side-by-side c
 _CSG = flags.DEFINE_string("csg_workdir", None, "The CSG run of a side-by-side comparison.")
 _OUT = flags.DEFINE_string("out", None, "Folder of the side-by-side report (default: "
                            "<csg_workdir>/eval).")
+_EXPORT = flags.DEFINE_string("export_maps", None, "Folder for every run's explanation maps, "
+                              "masks, labels, predictions and images: DIR/<run workdir "
+                              "name>.npz (runs with object masks only).")
 with cli.config_errors():  # config_flags reads the --app.<field> overrides here
   _APP = config_flags.DEFINE_config_dict("app", applications.app_config(), "Application "
                                          "settings: --app.<field>=<value>.", lock_config=True)
@@ -37,7 +41,8 @@ def main(argv):
   start = time.perf_counter()
   with cli.user_errors():
     applications.run_applications(cfg, _WORKDIRS.value, std_workdir=_STD.value,
-                                  csg_workdir=_CSG.value, out_dir=_OUT.value)
+                                  csg_workdir=_CSG.value, out_dir=_OUT.value,
+                                  export_maps=_EXPORT.value)
   log(f"done in {time.perf_counter() - start:.0f} s")
 
 

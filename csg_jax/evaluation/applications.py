@@ -25,6 +25,7 @@ from csg_jax.data import sources
 from csg_jax.errors import CSGError
 from csg_jax.evaluation import attacks
 from csg_jax.evaluation import detection
+from csg_jax.evaluation import explanation_quality
 from csg_jax.evaluation import localization
 from csg_jax.evaluation import plots
 from csg_jax.evaluation import predict
@@ -45,21 +46,25 @@ def app_config() -> ml_collections.ConfigDict:
   c.localization = localization.default_config()  # GradMap / CAM / ActivMap settings
   c.attacks = attacks.default_config()  # FGSM / PGD settings
   c.detection = detection.default_config()  # detector protocol
+  c.explanations = explanation_quality.default_config()  # judging explanations (needs masks)
   c.run_localization = True  # run localization when the data set has object masks
   c.run_adversarial = True  # run attacks and detection
+  c.run_explanations = True  # judge explanations when the data set has object masks
   c.num_examples = 8  # test images in the localization example figure (0: no figure)
   return c
 
 
 def run_applications(cfg, workdirs: Sequence[str] = (), *, std_workdir: str | None = None,
                      csg_workdir: str | None = None,
-                     out_dir: str | None = None) -> str | None:
+                     out_dir: str | None = None,
+                     export_maps: str | None = None) -> str | None:
   """Evaluates every run, and with two or more runs writes their side-by-side report.
 
   `workdirs`: runs of any methods (STD, CSG, PICNN, ...); `std_workdir` and `csg_workdir`: an
   STD and a CSG run, checked to be those, placed first. The runs are checked before any is
-  loaded, so a mistyped path fails at once. Returns the side-by-side markdown's path (default
-  folder: <the last run>/eval), or None for one run.
+  loaded, so a mistyped path fails at once. `export_maps`: a folder for every run's explanation
+  maps (<folder>/<run workdir name>.npz; see evaluate_run). Returns the side-by-side markdown's
+  path (default folder: <the last run>/eval), or None for one run.
   """
   pair = (std_workdir, csg_workdir)
   if any(pair) and not all(pair):
@@ -76,7 +81,7 @@ def run_applications(cfg, workdirs: Sequence[str] = (), *, std_workdir: str | No
       raise CSGError(f"--std_workdir is a {methods[0]} run and --csg_workdir a {methods[1]} "
                      "run: pass an STD run and a CSG run, in that order")
   ordered = [p for p in pair if p] + [w for w in workdirs if w not in pair]
-  results = {w: evaluate_run(w, cfg) for w in ordered}
+  results = {w: evaluate_run(w, cfg, export_maps=export_maps) for w in ordered}
   if len(ordered) < 2:
     return None
   labels = run_labels({w: results[w][0]["method"] for w in ordered})
@@ -103,8 +108,12 @@ def run_labels(methods: Mapping[str, str]) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluate_run(workdir: str, cfg, *, devices=None) -> tuple[Report, Curves]:
+def evaluate_run(workdir: str, cfg, *, devices=None,
+                 export_maps: str | None = None) -> tuple[Report, Curves]:
   """Loads a run, runs the applications, writes W/eval/*.
+
+  `export_maps`: a folder; with object masks, the explanation maps, masks, labels, predictions
+  and images go to <export_maps>/<run workdir name>.npz (explanation_quality).
 
   Returns (report, curves): the JSON-able report and the detection ROC curves, for the
   side-by-side figure.
@@ -113,6 +122,7 @@ def evaluate_run(workdir: str, cfg, *, devices=None) -> tuple[Report, Curves]:
   localization.validate_config(cfg.localization, 0)
   attacks.validate_config(cfg.attacks)
   detection.validate_config(cfg.detection)
+  explanation_quality.validate_config(cfg.explanations)
   start = time.perf_counter()
   run = runs.load_run(workdir, devices=devices)
   config, dataset = run.config, run.dataset
@@ -156,6 +166,13 @@ def evaluate_run(workdir: str, cfg, *, devices=None) -> tuple[Report, Curves]:
     check_batch(cfg.localization.batch_size, "localization.batch_size")
     report["localization"] = _localization(run, cfg, masks_path, report["fwd_bwd_seconds"],
                                            out_dir, workdir)
+  if cfg.run_explanations and masks_path is not None:
+    log("  explanations: localization, faithfulness, sanity check, dissection")
+    export_path = (fileio.join(export_maps, fileio.name(workdir) + ".npz") if export_maps
+                   else None)
+    report["explanations"] = explanation_quality.evaluate(
+        run, np.load(masks_path, mmap_mode="r"), cfg.explanations, workdir=workdir,
+        export_path=export_path, out_dir=out_dir)
   curves = {}
   if cfg.run_adversarial:
     report["adversarial"], curves = _adversarial(run, cfg, eval_fn, clean, labels, gate)
@@ -367,6 +384,8 @@ def markdown_report(reports: dict[str, Report]) -> str:
           cells.append(f"{c['num_filters']} / {number(c['ap'])} / {number(c['iou'])}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
+  lines += explanation_rows(reports)
+
   if all("adversarial" in reports[r] for r in runs):
     lines += ["", "## Adversarial samples (test split)", "",
               "Accuracy under attack; n adv: attacked images scored (held-out half; with "
@@ -399,6 +418,67 @@ def markdown_report(reports: dict[str, Report]) -> str:
                         for x in pgd)
       lines += ["", f"PGD: {pgd[0]['steps']} steps{start}; step size {sizes}."]
   return "\n".join(lines) + "\n"
+
+
+def explanation_rows(reports: Mapping[str, Report]) -> list[str]:
+  """Markdown lines of the runs' explanation judgments ('–' for a run without them); [] when no
+  run has them."""
+  runs = [r for r in reports]
+  ex = {r: reports[r].get("explanations") for r in runs}
+  if not any(ex.values()):
+    return []
+  titles = explanation_quality.MAP_TITLES
+  lines = ["", "## Explanations (test split)", "",
+           "Maps of the label class: CAM, gradient map (summed top filters), class filters "
+           "(the filters the method assigns to the class); random: a random deletion order. "
+           "Definitions: docs/applications.md, \"Judging explanations\".", "",
+           "| | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+
+  def row(label, cell):
+    cells = [cell(ex[r]) if ex[r] else "–" for r in runs]
+    if any(c != "–" for c in cells):
+      lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+  def loc(t, m):
+    return lambda e: number(e["localization"].get(t, {}).get(m), 3)
+
+  types = [t for t in explanation_quality.MAP_TYPES if any(e and t in e["map_types"]
+                                                           for e in ex.values())]
+  for m, label in (("pointing_game", "pointing game"), ("energy_pointing_game", "energy pointing"
+                   " game"), ("relevance_rank_accuracy", "relevance rank accuracy")):
+    for t in types:
+      row(f"{label} ({titles[t]})", loc(t, m))
+
+  def faith(t, kind):
+    def cell(e):
+      orders = (e.get("faithfulness") or {}).get("orders", {})
+      if t not in orders:
+        return "–"
+      return (f"{number(orders[t][f'{kind}_auc'], 3)} (random "
+              f"{number(orders['random'][f'{kind}_auc'], 3)})")
+    return cell
+
+  for kind, better in (("deletion", "lower is better"), ("insertion", "higher is better")):
+    for t in types:
+      row(f"{kind} AUC ({titles[t]}; {better})", faith(t, kind))
+  row("faithfulness s / image / map", lambda e: number(
+      np.mean([o["seconds_per_image"] for o in e["faithfulness"]["orders"].values()]), 4)
+      if e.get("faithfulness") else "–")
+  for t in explanation_quality.SANITY_MAP_TYPES:
+    def sanity(e, t=t):
+      v = (e.get("sanity") or {}).get("verdict", {}).get(t)
+      if v is None:
+        return "–"
+      return f"{'pass' if v['passed'] else 'FAIL'} (\\|ρ\\| {number(v['abs_spearman'], 2)})"
+    row(f"sanity check ({titles[t]})", sanity)
+  row("detectors (classes)", lambda e: f"{e['dissection']['num_detectors']}/"
+      f"{e['dissection']['num_filters']} ({e['dissection']['num_classes_detected']})")
+  row("detector class = assigned class",
+      lambda e: number(e["dissection"]["detector_class_matches_assigned"], 3))
+  notes = [f"{r}: {n}" for r in runs if ex[r] for n in ex[r]["notes"]]
+  if notes:
+    lines += [""] + [f"Note: {n}" for n in notes]
+  return lines
 
 
 def compare(reports: Mapping[str, Report], curves: Mapping[str, Curves],
