@@ -32,7 +32,27 @@ LOCALIZATION_ROWS = (("GradMap IoU", ("localization", "gradmap", "iou")),
                      ("ActivMap AP", ("localization", "activmap", "ap")))
 
 # The explanation-quality section (evaluation/explanation_quality.py), when the reports have it.
-EXPLANATION_ROWS = ()
+EXPLANATION_ROWS = (
+    ("pointing game (CAM)", ("explanations", "localization", "cam", "pointing_game")),
+    ("energy pointing game (CAM)", ("explanations", "localization", "cam",
+                                         "energy_pointing_game")),
+    ("pointing game (gradient map)", ("explanations", "localization", "gradmap", "pointing_game")),
+    ("energy pointing game (gradient map)", ("explanations", "localization", "gradmap",
+                                         "energy_pointing_game")),
+    ("pointing game (class filters)", ("explanations", "localization", "filters", "pointing_game")),
+    ("energy pointing game (class filters)", ("explanations", "localization", "filters",
+                                         "energy_pointing_game")),
+    ("deletion AUC (CAM)", ("explanations", "faithfulness", "orders", "cam",
+                                  "deletion_auc")),
+    ("deletion AUC (gradient map)", ("explanations", "faithfulness", "orders", "gradmap",
+                                  "deletion_auc")),
+    ("deletion AUC (class filters)", ("explanations", "faithfulness", "orders", "filters",
+                                  "deletion_auc")),
+    ("deletion AUC (random order)", ("explanations", "faithfulness", "orders", "random",
+                                  "deletion_auc")),
+    ("dissection detectors", ("explanations", "dissection", "num_detectors")),
+    ("dissection classes detected", ("explanations", "dissection", "num_classes_detected")),
+)
 
 
 def _get(report, path):

@@ -15,9 +15,6 @@ from csg_jax import data as data_lib
 # config block is here, below; the config package stays free of JAX, so that --help, config
 # checks and run names never start it.
 METHODS = ("std", "csg", "picnn")
-CSG_SCHEDULES = ("joint", "alternate")  # the paper's loss every step, or the released epoch rule
-PROJECTIONS = ("max_normalize", "released", "clip")  # see gate.project_gates
-L1_SUBGRADIENTS = ("jax", "torch")  # the hinge's d|g|/dg at g = 0: +1 (JAX's) or 0 (torch's)
 DTYPES = ("float32", "bfloat16", "float16")
 
 # (dotted field, default, comment), in the order --show_config lists them.

@@ -33,11 +33,15 @@ import optax
 from csg_jax import gate as gate_lib
 from csg_jax import losses
 from csg_jax import optimizer as optimizer_lib
-from csg_jax.config.schema import CSG_SCHEDULES, L1_SUBGRADIENTS, PROJECTIONS
 from csg_jax.errors import CSGError
 from csg_jax.methods.base import Method, host_matrix, one_of, require
 from csg_jax.plan import OptimizerRole, Plan, total_steps
 
+
+
+CSG_SCHEDULES = ("joint", "alternate")  # the paper's loss every step, or the released epoch rule
+PROJECTIONS = ("max_normalize", "released", "clip")  # see gate.project_gates
+L1_SUBGRADIENTS = ("jax", "torch")  # the hinge's d|g|/dg at g = 0: +1 (JAX's) or 0 (torch's)
 
 
 class GatedPath(gate_lib.ClassSpecificGate):
