@@ -85,10 +85,10 @@ def main(argv):
     if weights is not None:
       _import(config, weights, _WORKDIR.value, _SPLIT.value)
     r = report.evaluate_workdir(_WORKDIR.value, split=_SPLIT.value).report
-  density = "n/a" if r["gate_density"] is None else f"{r['gate_density']:.4f}"
+  density = "" if r["gate_density"] is None else f", gate L1 density {r['gate_density']:.4f}"
   log(f"{r['method']} {r['model']} on {r['dataset']} (step {r['step']}, {r['split']} split, "
-      f"{r['num_examples']} examples): accuracy {r['accuracy']:.4f}, MIS {r['mis']:.4f}, "
-      f"gate L1 density {density}; report and figures in {os.path.join(_WORKDIR.value, 'eval')}")
+      f"{r['num_examples']} examples): accuracy {r['accuracy']:.4f}, MIS {r['mis']:.4f}"
+      f"{density}; report and figures in {os.path.join(_WORKDIR.value, 'eval')}")
 
 
 def run():

@@ -83,13 +83,15 @@ def main(argv):
         top_k=_TOP_K.value, filters_per_page=_FILTERS_PER_PAGE.value,
         num_filters=_NUM_FILTERS.value)
   parts = []
+  # "gate" in the written figures is the method's class matrix: CSG's gate, PICNN's Θ.
+  names = {"gate": written["class_label"] or "gate", "mi": "MI"}
   if "explanations" in written:
     shares = written["top3_filters_of_predicted_class"]
     parts.append(f"{written['explanations']} explanation(s), top-3 filters serving the "
-                 f"predicted class: by gate {_percent(shares.get('gate'))}, by MI "
-                 f"{_percent(shares.get('mi'))}")
+                 f"predicted class: " + ", ".join(f"by {names[by]} {_percent(shares.get(by))}"
+                                                  for by in ("gate", "mi")))
   if "atlas" in written:
-    purity = ", ".join(f"by {by.replace('mi', 'MI')} {p:.2f}"
+    purity = ", ".join(f"by {names[by]} {p:.2f}"
                        for by, p in written["atlas"]["mean_purity"].items())
     parts.append(f"atlas on {written['atlas']['pages']} page(s), mean purity {purity}")
   log(f"{written['title']}: {'; '.join(parts)}; in {written['out']}")

@@ -65,8 +65,8 @@ class TrainingEvaluator:
     names = self.setup.dataset.class_names
     if writer.images:
       writer.write_image(step, "gate", plots.matrix_image(
-          gate, names, vmax=1.0, colorbar_label="gate value", cmap="magma",
-          sorted_by=plots.BY_GATE,
+          gate, names, vmax=1.0, colorbar_label=method.value_label, cmap="magma",
+          sorted_by=plots.by_matrix(method.class_label),
           title=plots.matrix_title(method.matrix_label, method.density(state.gates),
                                    f"at step {step}")))
     counts, closed = mis_lib.gate_filters_per_class(gate)

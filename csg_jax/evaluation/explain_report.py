@@ -150,7 +150,7 @@ def explain_workdir(workdir: str, *, indices: Sequence[int] = (), files: Sequenc
   fileio.makedirs(out)
   title = (f"{run.config.method.upper()} {run.config.model.name} on {run.dataset.name}, "
            f"step {run.step}")
-  written: dict[str, Any] = {"out": out, "title": title}
+  written: dict[str, Any] = {"out": out, "title": title, "class_label": method.class_label}
   if indices or files:
     written["explanations"] = len(indices) + len(files)
     written["top3_filters_of_predicted_class"] = _write_explanations(

@@ -34,6 +34,11 @@ def matrix_title(label: str, density: float | None, suffix: str = "") -> str:
 
 
 BY_GATE = "gate class (argmax of its column; closed filters last)"
+
+
+def by_matrix(label: str) -> str:
+  """The axis text of filters grouped by a method's class matrix ("gate", "Θ")."""
+  return BY_GATE.replace("gate", label, 1)
 BY_MI = "MI class (argmax of its column)"
 
 
@@ -137,9 +142,10 @@ def comparison_figure(path: str, runs: dict, class_names: Sequence[str], *,
     for i, name in enumerate(gated):
       ax = fig.add_subplot(gate_row[0, i])
       gate = runs[name]["gate"]
-      image = _matrix_axes(ax, gate, matrix_order(gate), class_names, 1.0, f"{name}: gate G",
-                           "magma", BY_GATE)
-      fig.colorbar(image, ax=ax, label="gate value")
+      label = runs[name].get("matrix_label", "gate G")
+      image = _matrix_axes(ax, gate, matrix_order(gate), class_names, 1.0, f"{name}: {label}",
+                           "magma", by_matrix(runs[name].get("class_label", "gate")))
+      fig.colorbar(image, ax=ax, label=runs[name].get("value_label", "gate value"))
   rows = grid[-1].subgridspec(2, len(names))
   for col, name in enumerate(names):
     mi = runs[name]["mi_matrix"]

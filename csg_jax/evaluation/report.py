@@ -69,10 +69,10 @@ def evaluate_workdir(workdir: str, *, split: str = "test",
   plots.max_mi_histogram(path["max_mi_histogram"], {run.config.method.upper(): mi.max(0)},
                          mi_ceiling=ceiling, title=title)
   if gate is not None:
-    plots.matrix_figure(path["gate"], gate, names, vmax=1.0, colorbar_label="gate value",
+    plots.matrix_figure(path["gate"], gate, names, vmax=1.0, colorbar_label=method.value_label,
                         title=f"{title}: " + plots.matrix_title(method.matrix_label,
                                                                 summary["gate_density"]),
-                        cmap="magma", sorted_by=plots.BY_GATE)
+                        cmap="magma", sorted_by=plots.by_matrix(method.class_label))
   with fileio.atomic_file(fileio.join(out_dir, "mi_matrix.npy"), suffix=".npy") as tmp:
     np.save(tmp, mi)
   report = {

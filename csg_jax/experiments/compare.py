@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from csg_jax import fileio
+from csg_jax import methods
 from csg_jax.config import load_config_file
 from csg_jax.evaluation import plots
 from csg_jax.evaluation.report import Evaluation, evaluate_workdir
@@ -58,7 +59,8 @@ def write_comparison(root: str, evaluations: Mapping[str, Evaluation],
   figure = fileio.join(root, "compare.png")
   ceiling = max(e.report["mi_ceiling"] for e in evaluations.values())
   plots.comparison_figure(
-      figure, {k.upper(): {"mi_matrix": e.mi_matrix, "gate": e.gate}
+      figure, {k.upper(): {"mi_matrix": e.mi_matrix, "gate": e.gate,
+                           **_labels(methods.get(e.report["method"]))}
                for k, e in evaluations.items()},
       next(iter(evaluations.values())).class_names, mi_ceiling=ceiling)
   path = fileio.join(root, "compare.md")
@@ -66,6 +68,11 @@ def write_comparison(root: str, evaluations: Mapping[str, Evaluation],
       path, comparison_markdown({k: e.report for k, e in evaluations.items()}, "compare.png",
                                 workdirs, configs))
   return path
+
+
+def _labels(method) -> dict[str, str]:
+  return {"matrix_label": method.matrix_label, "class_label": method.class_label,
+          "value_label": method.value_label}
 
 
 def std_baseline(config, overrides: Mapping[str, Any] | None = None):

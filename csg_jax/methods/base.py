@@ -53,6 +53,7 @@ class Method:
   STATE_METRICS: ClassVar[tuple[str, ...]] = ()
   matrix_label: ClassVar[str] = ""  # what class_matrix shows, e.g. "gate G"
   class_label: ClassVar[str] = ""  # how figure notes name a filter's class by it: "gate", "Θ"
+  value_label: ClassVar[str] = ""  # what its entries are, for colour bars: "gate value"
   VARIABLE: ClassVar[str | None] = None  # the name of its variable in the `gates` collection
   variable_description: ClassVar[str] = ""  # how error messages name it, e.g. "a gate"
 

@@ -140,6 +140,7 @@ class CSG(Method):
   STATE_METRICS = ("gate_density", "hinge", "gate_closed")
   matrix_label = "gate G"
   class_label = "gate"
+  value_label = "gate value"
   VARIABLE = gate_lib.GATE_NAME
   variable_description = "a gate"
 

@@ -134,6 +134,7 @@ class PICNN(Method):
   STATE_METRICS = ("theta_confidence",)
   matrix_label = "softmax(Θ) over classes"
   class_label = "Θ"
+  value_label = "class probability of the filter"
   VARIABLE = THETA
   variable_description = "PICNN's Θ"
 
