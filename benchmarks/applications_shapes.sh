@@ -39,12 +39,16 @@ if [ "${APPS_ONLY:-0}" != 1 ]; then
   done
 fi
 
+stage "evaluation of every run (MIS, the MI matrix the class-filter maps of STD need)"
+for m in $METHODS; do
+  $PYTHON launch/evaluate.py --workdir "$OUT/$m" 2>&1 | quiet
+done
 stage "applications of every run"
-rm -rf "${OUT:?}/report"
+rm -rf "${OUT:?}/report" "${OUT:?}/maps"
 s=$(date +%s)
 args=()
 for m in $METHODS; do args+=(--workdir "$OUT/$m"); done
-$PYTHON launch/applications.py "${args[@]}" --out "$OUT/report" 2>&1 | quiet
+$PYTHON launch/applications.py "${args[@]}" --out "$OUT/report" --export_maps "$OUT/maps" 2>&1 | quiet
 echo "=== applications: $(( $(date +%s) - s )) s; total $(( $(date +%s) - t0 )) s"
 echo "report: $OUT/report/applications_$(echo $METHODS | sed 's/ /_vs_/g').md (+ .json, *.png);" \
   "per run: $OUT/<method>/eval/"

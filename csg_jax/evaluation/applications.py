@@ -126,7 +126,8 @@ def evaluate_run(workdir: str, cfg, *, devices=None,
   start = time.perf_counter()
   run = runs.load_run(workdir, devices=devices)
   config, dataset = run.config, run.dataset
-  gate = methods.class_matrix(config, run.state.gates)
+  method = methods.for_config(config)
+  gate = method.class_matrix(run.state.gates)
   num_devices = run.mesh.devices.size
   names = list(dataset.class_names)
   out_dir = fileio.join(workdir, "eval")
@@ -141,7 +142,7 @@ def evaluate_run(workdir: str, cfg, *, devices=None,
 
   report = {"workdir": fileio.name(workdir), "method": config.method,
             "model": config.model.name, "dataset": dataset.name, "step": int(run.step),
-            "class_names": names, "gate_density": None if gate is None else float(gate.mean())}
+            "class_names": names, "gate_density": method.density(run.state.gates)}
   results_path = fileio.join(workdir, "results.json")
   if fileio.exists(results_path):
     report["mis"] = fileio.read_json(results_path).get("mis")
