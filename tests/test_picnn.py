@@ -176,6 +176,7 @@ def test_every_method_starts_from_the_same_backbone_weights():
   params = {}
   for name in methods.NAMES:
     config = small_config(method=name)
+    config.model.name = "tiny"  # the check is of module names and rngs, not of size
     config.picnn.extra_conv_width = 0  # same K: the head is comparable too
     model = models.build_model(config.model, 10, methods.for_config(config))
     params[name] = jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"]
@@ -264,7 +265,8 @@ def test_compare_trains_every_method_per_seed_and_pairs_them(tmp_path):
   """compare --methods std,csg,picnn --seeds 0,1: one run per method and seed, the per-seed
   rows, and the three paired differences; each seed's runs start from the same weights."""
   from csg_jax.experiments import compare  # pylint: disable=g-import-not-at-top
-  config = small_config(num_epochs=0.2, tensorboard_atlas_filters=0)
+  config = small_config(num_epochs=0.1, tensorboard_atlas_filters=0)
+  config.model.name = "tiny"  # 3 methods x 2 seeds: the smallest network
   config.picnn.extra_conv_width = 0
   path = compare.train_and_compare(config, str(tmp_path), (0, 1),
                                    methods=("std", "csg", "picnn"))

@@ -117,13 +117,14 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, change, message):
 
 
 # Small enough for 2 CPU cores: 12 train and 12 test images of 32x32, 3 epochs of batch 4 (epoch 2
-# a CSG epoch once the warm-up is 1 epoch), the applications at their smallest.
+# a CSG epoch once the warm-up is 1 epoch), the applications at their smallest (explanations off).
 SMALL = ["--model=resnet18", "--epochs=3", "--image_size=32", "--set=batch_size=4",
          "--set=eval_batch_size=8", "--set=csg.alternate.warmup_epochs=1",
          "--app=localization.num_filters=2", "--app=localization.batch_size=8",
          "--app=attacks.attacks=('fgsm',)", "--app=attacks.epsilons=(0.0314,)",
          "--app=attacks.batch_size=8", "--app=num_examples=2",
-         "--app=detection.successful_only=False"]
+         "--app=detection.successful_only=False",
+         "--app=run_explanations=False"]  # judged in test_explanation_quality.py
 
 
 @pytest.mark.slow
