@@ -317,3 +317,33 @@ def test_a_picnn_run_explains_and_draws_its_atlas_by_theta(picnn_run, tmp_path):
                                rtol=1e-5)
   assert out["atlas"]["pages"] == len(atlas["pages"]) == 2  # 12 filters, 6 a page
   assert all((tmp_path / "explain" / page).stat().st_size > 0 for page in atlas["pages"])
+
+
+def test_picnn_fields_reach_the_objective_the_plan_and_the_update():
+  config = small_config(method="picnn")
+  config.picnn.update(interpretation_weight=0.5)
+  config.picnn.theta.update(optimizer="sgd", learning_rate=0.2, momentum=0.5, weight_decay=0.0)
+  method = methods.for_config(config)
+  rng = np.random.default_rng(4)
+  logits, masked = rng.normal(size=(B, C)), rng.normal(size=(B, C))
+  labels = np.array([0, 1, 2, 3, 0, 1])
+  outputs = {"logits": jnp.asarray(logits, jnp.float32),
+             "logits_masked": jnp.asarray(masked, jnp.float32),
+             "logits_complement": jnp.asarray(masked, jnp.float32),
+             "matched": jnp.ones(B, bool)}
+  loss, _ = method.objective(outputs, jnp.asarray(labels), "picnn")
+  np.testing.assert_allclose(loss, _ce(logits, labels).mean() + 0.5 * _ce(masked, labels).mean(),
+                             rtol=1e-6)
+  assert method.plan(640).optimizers["main"].gate_learning_rate == 0.2
+  assert method.plan(640).phases == ("picnn",)
+  tx = method.gate_transform(optax.constant_schedule(0.2))
+  theta, grad = rng.normal(size=(C, K)), rng.normal(size=(C, K))
+  state = tx.init(jnp.asarray(theta, jnp.float32))
+  velocity = np.zeros_like(theta)
+  for _ in range(2):  # SGD with momentum 0.5: v <- 0.5 v + g, theta <- theta - 0.2 v
+    velocity = 0.5 * velocity + grad
+    updates, state = tx.update(jnp.asarray(grad, jnp.float32), state,
+                               jnp.asarray(theta, jnp.float32))
+    theta_new = np.asarray(optax.apply_updates(jnp.asarray(theta, jnp.float32), updates))
+    np.testing.assert_allclose(theta_new, theta - 0.2 * velocity, rtol=1e-5, atol=1e-6)
+    theta = theta_new.astype(np.float64)
