@@ -9,6 +9,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 GATE_COLLECTION = "gates"
 GATE_NAME = "G"
@@ -79,6 +80,12 @@ def project_gates(gates: jnp.ndarray, mode: str = "max_normalize") -> jnp.ndarra
     raise ValueError(f"unknown gate projection {mode!r}; use 'max_normalize', 'released' or "
                      "'clip'")
   return jnp.clip(gates, 0.0, 1.0)
+
+
+def host_gate_values(gates_collection) -> np.ndarray | None:
+  """gate_values as a numpy array on the host (None when the collection is empty)."""
+  matrix = gate_values(gates_collection)
+  return None if matrix is None else np.asarray(jax.device_get(matrix))
 
 
 def gate_values(gates_collection) -> jnp.ndarray | None:

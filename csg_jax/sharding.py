@@ -67,6 +67,18 @@ def check_batch_size(global_batch_size: int, mesh: Mesh, name: str = "batch_size
                    f"{num_devices} devices in the mesh (set --config.{name})")
 
 
+def abstract_batch(mesh: Mesh, batch_size: int, image_shape: Sequence[int], *,
+                   with_mask: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes, dtypes and shardings of a global batch as the data pipeline yields it (float32
+  images, int32 labels; an eval batch's bool mask), for compiling steps ahead of the data."""
+  data = batch_sharding(mesh)
+  out = {"image": jax.ShapeDtypeStruct((batch_size, *image_shape), np.float32, sharding=data),
+         "label": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=data)}
+  if with_mask:
+    out["mask"] = jax.ShapeDtypeStruct((batch_size,), np.bool_, sharding=data)
+  return out
+
+
 def to_global(local_batch, mesh: Mesh):
   """This process's share of a batch (numpy) -> global jax.Arrays sharded along "data"."""
   sharding = batch_sharding(mesh)

@@ -204,16 +204,17 @@ def check_overrides_are_read(config, config_flag_name: str = "config", *,
   `methods` (compare's runs), an override is unread when none of the runs of `config` with
   method=<each of them> reads it."""
   overrides = sorted(config_flags.get_override_values(flags.FLAGS[config_flag_name]))
-  unread = config_lib.unread_fields(config, overrides)
+  runs = [config]
   if methods:
-    per_method = []
+    runs = []
     for name in methods:
       each = config.copy_and_resolve_references()
       each.unlock()
       each.method = name
-      per_method.append(dict(config_lib.unread_fields(each, overrides)))
-    unread = [(field, per_method[0][field]) for field in overrides
-              if all(field in m for m in per_method)]
+      runs.append(each)
+  per_run = [dict(config_lib.unread_fields(run, overrides)) for run in runs]
+  unread = [(field, per_run[0][field]) for field in overrides
+            if all(field in skipped for skipped in per_run)]
   if unread:
     raise CSGError("; ".join(f"--config.{field} is not read by this run ({why})"
                              for field, why in unread) + ": remove it, or set the field that "

@@ -15,12 +15,10 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from csg_jax import gate as gate_lib
 from csg_jax import losses
 from csg_jax.errors import CSGError
 from csg_jax.plan import OptimizerRole, Plan, total_steps
@@ -141,9 +139,3 @@ class Method:
   def density(self, gates) -> float | None:
     """The share of the class matrix that is open, where that is defined."""
     return None
-
-
-def host_matrix(gates) -> np.ndarray | None:
-  """The one [C, K] matrix of a `gates` collection on the host, or None when it is empty."""
-  matrix = gate_lib.gate_values(gates)
-  return None if matrix is None else np.asarray(jax.device_get(matrix), np.float32)

@@ -34,7 +34,7 @@ from csg_jax import gate as gate_lib
 from csg_jax import losses
 from csg_jax import optimizer as optimizer_lib
 from csg_jax.errors import CSGError
-from csg_jax.methods.base import Method, host_matrix, one_of, require
+from csg_jax.methods.base import Method, one_of, require
 from csg_jax.plan import OptimizerRole, Plan, total_steps
 
 
@@ -253,8 +253,8 @@ class CSG(Method):
             "smaller gate learning rate or sparsity weight.")
 
   def class_matrix(self, gates):
-    return host_matrix(gates)
+    return gate_lib.host_gate_values(gates)
 
   def density(self, gates):
-    matrix = host_matrix(gates)
+    matrix = gate_lib.host_gate_values(gates)
     return None if matrix is None else float(gate_lib.l1_density(matrix))

@@ -190,9 +190,9 @@ class PICNN(Method):
             f"{means.get('matched', float('nan')):.2f}")
 
   def class_matrix(self, gates):
-    theta = gate_lib.gate_values(gates)
+    theta = gate_lib.host_gate_values(gates)
     if theta is None:
       return None
-    theta = np.asarray(jax.device_get(theta), np.float64)
+    theta = theta.astype(np.float64)
     e = np.exp(theta - theta.max(axis=0, keepdims=True))
     return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)

@@ -46,8 +46,7 @@ class TrainState:
 
   def host_gate(self) -> np.ndarray | None:
     """gate_matrix() as a numpy array on the host."""
-    gate = self.gate_matrix()
-    return None if gate is None else np.asarray(jax.device_get(gate))
+    return gate_lib.host_gate_values(self.gates)
 
   def explain_shapes(self, stored: Mapping[str, tuple[int, ...]],
                      config_name: str) -> tuple[str, str, tuple[str, ...]] | None:

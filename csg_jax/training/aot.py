@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from csg_jax import sharding
 from csg_jax.data import sources
@@ -149,15 +148,6 @@ def _first(analysis):
   return analysis or {}
 
 
-def _abstract_batch(mesh, batch: int, image_shape, eval_batch: bool) -> dict[str, Any]:
-  data = sharding.batch_sharding(mesh)
-  out = {"image": jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32, sharding=data),
-         "label": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=data)}
-  if eval_batch:
-    out["mask"] = jax.ShapeDtypeStruct((batch,), jnp.bool_, sharding=data)
-  return out
-
-
 @dataclasses.dataclass
 class Target:
   """A run's setup on a slice: what every compile of its steps shares."""
@@ -217,7 +207,8 @@ def compile_step(tgt: Target, fn, batch: int, eval_batch: bool, state=None) -> d
   """Lowers and compiles one step at a global batch; its figures (fits False, no figures, when
   XLA refuses for want of memory)."""
   state = tgt.setup.abstract_state() if state is None else state
-  args = (state, _abstract_batch(tgt.setup.mesh, batch, tgt.setup.image_shape, eval_batch))
+  args = (state, sharding.abstract_batch(tgt.setup.mesh, batch, tgt.setup.image_shape,
+                                         with_mask=eval_batch))
   try:
     compiled = fn.lower(*args).compile()
   except Exception as e:  # pylint: disable=broad-except

@@ -103,10 +103,7 @@ def compile_train_steps(setup: setup_lib.RunSetup, state) -> dict[str, Callable]
   nothing compiles twice. A step whose memory (XLA's analysis) exceeds the device's limit
   (GPU, TPU; CPU reports none) stops the run with one line naming what it needs, what the device
   has and what to change."""
-  data = sharding.batch_sharding(setup.mesh)
-  batch = {"image": jax.ShapeDtypeStruct((setup.config.batch_size, *setup.image_shape),
-                                         jnp.float32, sharding=data),
-           "label": jax.ShapeDtypeStruct((setup.config.batch_size,), jnp.int32, sharding=data)}
+  batch = sharding.abstract_batch(setup.mesh, setup.config.batch_size, setup.image_shape)
   devices = list(setup.mesh.devices.flat)
   capacity = memory.device_memory_bytes([d for d in devices
                                          if d.process_index == jax.process_index()])
