@@ -45,6 +45,39 @@ def small_config(**overrides):
   return config
 
 
+def tiny_shapes_config(data_path: str, cache_dir: str, method: str):
+  """configs/shapes.py on a tiny shapes set (16 px): TinyCNN width 4, one epoch of 16-image
+  batches; what the applications and explanation tests train in seconds."""
+  from csg_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config_file(os.path.join(REPO, "configs", "shapes.py"))
+  config.data.path = data_path
+  config.data.cache_dir = cache_dir
+  config.data.decode_workers = 1
+  config.model.name = "tiny"
+  config.model.width = 4
+  config.num_epochs = 1.0
+  config.batch_size = 16
+  config.eval_batch_size = 8
+  config.method = method
+  return config
+
+
+def interrupt_batches_at(monkeypatch, step, action):
+  """Makes the training stream call `action` with the batch of `step` when it is asked for it;
+  returns the real stream, to put back."""
+  from csg_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  real = data_lib.train_batches
+
+  def batches(*args, **kwargs):
+    for i, batch in enumerate(real(*args, **kwargs)):
+      if kwargs["start_step"] + i == step:
+        action(batch)
+      yield batch
+
+  monkeypatch.setattr(data_lib, "train_batches", batches)
+  return real
+
+
 @pytest.fixture(scope="session")
 def straight_run(tmp_path_factory):
   """One uninterrupted small run, shared by the tests that compare against it."""

@@ -8,8 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
-from csg_jax import config as config_lib
+from conftest import REPO, tiny_shapes_config
 from csg_jax import data as data_lib
 from csg_jax import runs as runs_lib
 from csg_jax import training
@@ -27,16 +26,7 @@ def judged(tmp_path_factory):
   base = tmp_path_factory.mktemp("explanations")
   root = str(base / "shapes")
   shapes.write_shapes_dataset(root, num_train=48, num_test=24, image_size=16, seed=0)
-  config = config_lib.load_config_file(os.path.join(REPO, "configs", "shapes.py"))
-  config.data.path = root
-  config.data.cache_dir = str(base / "cache")
-  config.data.decode_workers = 1
-  config.model.name = "tiny"
-  config.model.width = 4
-  config.num_epochs = 1.0
-  config.batch_size = 16
-  config.eval_batch_size = 8
-  config.method = "csg"
+  config = tiny_shapes_config(root, str(base / "cache"), "csg")
   workdir = str(base / "csg")
   one = jax.devices()[:1]
   training.train_and_evaluate(config, workdir, devices=one)

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import small_config
+from conftest import interrupt_batches_at, small_config
 from csg_jax import config as config_lib
 from csg_jax import data as data_lib
 from csg_jax import methods
@@ -239,18 +239,14 @@ def test_a_picnn_run_logs_its_diagnostics_and_assigns_filters_by_theta(picnn_run
 def test_a_crashed_picnn_run_resumes_bit_identical(picnn_run, tmp_path, monkeypatch):
   straight_dir, straight = picnn_run
   workdir = str(tmp_path / "crashed")
-  real = data_lib.train_batches
 
   class Crash(Exception):
     pass
 
-  def batches(*args, **kwargs):
-    for i, batch in enumerate(real(*args, **kwargs)):
-      if kwargs["start_step"] + i == 15:
-        raise Crash()
-      yield batch
+  def crash(_):
+    raise Crash()
 
-  monkeypatch.setattr(data_lib, "train_batches", batches)
+  real = interrupt_batches_at(monkeypatch, 15, crash)
   with pytest.raises(Crash):
     training.train_and_evaluate(_picnn_config(), workdir)
   monkeypatch.setattr(data_lib, "train_batches", real)

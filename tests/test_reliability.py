@@ -11,26 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, small_config
+from conftest import REPO, interrupt_batches_at, small_config
 from csg_jax import data as data_lib
 from csg_jax import runs
 from csg_jax import training
 from csg_jax.runs import lock as workdir_lock
 from csg_jax.errors import CSGError
-
-
-def _interrupt_at(monkeypatch, step, action):
-  """Makes the training stream call `action` when it is asked for the batch of `step`."""
-  real = data_lib.train_batches
-
-  def batches(*args, **kwargs):
-    for i, batch in enumerate(real(*args, **kwargs)):
-      if kwargs["start_step"] + i == step:
-        action(batch)
-      yield batch
-
-  monkeypatch.setattr(data_lib, "train_batches", batches)
-  return real
 
 
 def _assert_same_final_state(workdir_a, workdir_b):
@@ -53,7 +39,7 @@ def test_crash_then_resume_ends_where_the_uninterrupted_run_ends(straight_run, t
   def crash(_):
     raise _Crash()
 
-  real = _interrupt_at(monkeypatch, 15, crash)
+  real = interrupt_batches_at(monkeypatch, 15, crash)
   with pytest.raises(_Crash):
     training.train_and_evaluate(small_config(), workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10"]
@@ -67,7 +53,7 @@ def test_sigterm_checkpoints_the_current_step_and_resumes_exactly(straight_run, 
                                                                   monkeypatch):
   straight_dir, straight = straight_run
   workdir = str(tmp_path / "preempted")
-  real = _interrupt_at(monkeypatch, 7, lambda _: os.kill(os.getpid(), signal.SIGTERM))
+  real = interrupt_batches_at(monkeypatch, 7, lambda _: os.kill(os.getpid(), signal.SIGTERM))
   with pytest.raises(CSGError, match="stopped by SIGTERM after step 8"):
     training.train_and_evaluate(small_config(), workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["8"]
@@ -176,7 +162,7 @@ def test_non_finite_loss_stops_with_the_step_and_no_later_checkpoint(tmp_path, m
   def poison(batch):
     batch["image"][:] = np.nan
 
-  _interrupt_at(monkeypatch, 12, poison)
+  interrupt_batches_at(monkeypatch, 12, poison)
   workdir = str(tmp_path / "nan")
   with pytest.raises(CSGError, match="non-finite loss at step 13.*last good checkpoint is step 10"):
     training.train_and_evaluate(small_config(), workdir)

@@ -9,8 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
-from csg_jax import config as config_lib
+from conftest import REPO, tiny_shapes_config
 from csg_jax import data as data_lib
 from csg_jax.data import shapes
 from csg_jax import training
@@ -78,16 +77,7 @@ def tiny_runs(tmp_path_factory):
   shapes.write_shapes_dataset(root, num_train=48, num_test=24, image_size=16, seed=0)
   runs = {}
   for method in ("std", "csg"):
-    config = config_lib.load_config_file(os.path.join(REPO, "configs", "shapes.py"))
-    config.data.path = root
-    config.data.cache_dir = str(base / "cache")
-    config.data.decode_workers = 1
-    config.model.name = "tiny"
-    config.model.width = 4
-    config.num_epochs = 1.0
-    config.batch_size = 16
-    config.eval_batch_size = 8
-    config.method = method
+    config = tiny_shapes_config(root, str(base / "cache"), method)
     runs[method] = str(base / method)
     # One device: 8 fake CPU devices would only slow these tiny programs down.
     training.train_and_evaluate(config, runs[method], devices=jax.devices()[:1])
