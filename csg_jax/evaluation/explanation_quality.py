@@ -64,6 +64,7 @@ from csg_jax.evaluation import explanation_metrics as em
 from csg_jax.evaluation import localization
 from csg_jax.evaluation import plots
 from csg_jax.log import log
+from csg_jax.text import number
 
 MAP_TYPES = ("cam", "gradmap", "filters")
 SANITY_MAP_TYPES = ("cam", "gradmap")
@@ -482,9 +483,9 @@ def evaluate(run, masks: np.ndarray, cfg, *, workdir: str | None = None,
                          for t in types}}
     for t in types:
       loc = result["localization"][t]
-      log(f"  explanations {t}: pointing game {_fmt(loc['pointing_game'])}, energy "
-          f"{_fmt(loc['energy_pointing_game'])}, rank accuracy "
-          f"{_fmt(loc['relevance_rank_accuracy'])}")
+      log(f"  explanations {t}: pointing game {number(loc['pointing_game'], 3)}, energy "
+          f"{number(loc['energy_pointing_game'], 3)}, rank accuracy "
+          f"{number(loc['relevance_rank_accuracy'], 3)}")
 
     kept_maps = {t: np.concatenate(v) if v else np.zeros((0,) + hw, np.float32)
                  for t, v in kept_maps.items()}
@@ -546,7 +547,7 @@ def evaluate(run, masks: np.ndarray, cfg, *, workdir: str | None = None,
         "assigned_by": assigned_by, "detector_class_matches_assigned": agree,
         "best_iou": det["best_iou"].tolist(), "best_class": det["best_class"].tolist()}
     log(f"  dissection: {det['num_detectors']}/{k} detectors of {det['num_unique_classes']} "
-        f"classes; detected class = assigned class for {_fmt(agree)} of them")
+        f"classes; detected class = assigned class for {number(agree, 3)} of them")
 
     if export is not None:
       for t in types:
@@ -571,10 +572,6 @@ def evaluate(run, masks: np.ndarray, cfg, *, workdir: str | None = None,
   timings["total_s"] = time.perf_counter() - start
   result["timings"] = timings
   return result
-
-
-def _fmt(value) -> str:
-  return "–" if value is None else f"{value:.3f}"
 
 
 def _faithfulness(model, variables, images, labels, maps, cfg):

@@ -45,8 +45,8 @@ def evaluate_workdir(workdir: str, *, split: str = "test",
   run = run or load_run(workdir)
   eval_fn = predict.make_eval_fn(run.model, run.mesh)
   result = predict.evaluate(eval_fn, run.state, run.dataset, run.config, run.mesh, split)
-  gate = methods.class_matrix(run.config, run.state.gates)
   method = methods.for_config(run.config)
+  gate = method.class_matrix(run.state.gates)
   summary = predict.summarize_eval(result, run.dataset.num_classes, method.density(run.state.gates),
                                    predict.mis_seed(run.config))
   mi = summary["mi_matrix"]
