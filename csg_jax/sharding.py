@@ -5,7 +5,6 @@ collectives. Each process builds only its own share of the global batch; the sha
 into one global array with `jax.make_array_from_process_local_data`.
 """
 
-import glob
 import os
 from collections.abc import Sequence
 
@@ -13,13 +12,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from csg_jax import platforms
 from csg_jax.errors import CSGError
 
 DATA_AXIS = "data"
-
-
-def _on_cloud_tpu_vm() -> bool:
-  return os.path.exists("/dev/accel0") or bool(glob.glob("/dev/vfio/[0-9]*"))
 
 
 def _in_multi_task_slurm_job() -> bool:
@@ -43,7 +39,7 @@ def initialize_distributed(coordinator_address: str | None = None,
     if not 0 <= process_id < num_processes:
       raise CSGError(f"--process_id={process_id} must be in [0, --num_processes={num_processes})")
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  elif _on_cloud_tpu_vm() or _in_multi_task_slurm_job():
+  elif platforms.on_tpu_host() or _in_multi_task_slurm_job():
     jax.distributed.initialize()
 
 

@@ -10,8 +10,12 @@ import tempfile
 import jax
 import pytest
 
+from csg_jax import platforms
+
 # Must happen before JAX starts its backends. Tests that want one device pass devices[:1].
 jax.config.update("jax_num_cpu_devices", 8)
+# With the tpu extra installed on a host without a TPU: the CPU, without libtpu's TPU search.
+platforms.skip_absent_tpu()
 
 # Many tests train the same small run: JAX's persistent compilation cache, in a folder of this
 # session (inherited by the launchers the tests start), compiles each program once.

@@ -13,7 +13,7 @@ PACKAGE = os.path.join(REPO, "csg_jax")
 LAYERS = (
     ("core", ("errors", "log", "text", "fileio", "gate", "plan", "losses", "models", "optimizer",
               "methods",
-              "sharding", "torch_import", "data", "config", "configs", "__init__")),
+              "sharding", "platforms", "torch_import", "data", "config", "configs", "__init__")),
     ("runs", ("runs",)),
     ("evaluation", ("evaluation",)),
     ("training", ("training",)),

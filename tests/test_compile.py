@@ -138,9 +138,39 @@ def test_an_unknown_topology_is_one_line_naming_the_known_ones():
   assert proc.stderr.strip().count("\n") == 0 and "v5e:2x2" in proc.stderr, proc.stderr
 
 
-@pytest.mark.skipif(HAS_LIBTPU, reason="libtpu is installed: the message for its absence cannot "
-                    "be shown")
-def test_without_libtpu_one_line_says_how_to_get_it():
-  proc = _compile("--topology=v5e:2x2", *TINY)
-  assert proc.returncode == 2
-  assert proc.stderr.strip() == 'error: compiling for TPU needs libtpu: pip install "csg_jax[tpu]"'
+def test_without_libtpu_one_line_says_how_to_get_it(monkeypatch):
+  from csg_jax import platforms  # pylint: disable=g-import-not-at-top
+  from csg_jax.errors import CSGError  # pylint: disable=g-import-not-at-top
+  from csg_jax.training import aot  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(platforms, "has_libtpu", lambda: False)
+  with pytest.raises(CSGError) as e:
+    aot.topology("v5e:2x2")
+  assert str(e.value) == 'compiling for TPU needs libtpu: pip install "csg_jax[tpu]"'
+
+
+def _platform_probe(env):
+  code = ("import jax; from csg_jax import platforms; "
+          "print(platforms.skip_absent_tpu(), jax.devices()[0].platform)")
+  return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                        timeout=120, env=env, check=False)
+
+
+@needs_libtpu
+def test_libtpu_on_a_host_without_tpu_leaves_commands_on_the_cpu_and_stderr_quiet():
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  proc = _platform_probe(env)
+  assert (proc.returncode, proc.stdout.split(), proc.stderr) == (0, ["True", "cpu"], "")
+  # A command's error stays its one line although libtpu is installed.
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "train.py"),
+                         "--config.batch_size=-1", "--workdir=unused"], capture_output=True,
+                        text=True, cwd=REPO, timeout=120, env=env, check=False)
+  assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+  assert proc.stderr.startswith("error: config.batch_size is -1")
+
+
+def test_an_explicit_jax_platforms_is_left_alone():
+  proc = _platform_probe({**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert (proc.returncode, proc.stdout.split()) == (0, ["False", "cpu"]), proc.stderr
+
+
+

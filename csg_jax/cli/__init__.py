@@ -21,6 +21,7 @@ from ml_collections.config_flags import config_flags as config_flags_module
 
 from csg_jax import config as config_lib
 from csg_jax import fileio
+from csg_jax import platforms
 from csg_jax.config import files as config_files
 from csg_jax.errors import CSGError
 
@@ -148,12 +149,14 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
 
 
 def start(argv: Sequence[str], config_flag=None):
-  """What every main does first: refuses stray arguments, keeps library INFO logs out of the
-  progress output, and returns the loaded config of `config_flag` (None without one)."""
+  """What every main does first: refuses stray arguments, keeps library INFO logs (and libtpu's
+  search for a TPU on a host without one) out of the progress output, and returns the loaded
+  config of `config_flag` (None without one)."""
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags take the form --name=value; see "
           "--help)")
   logging.set_verbosity(logging.WARNING)
+  platforms.skip_absent_tpu()
   if config_flag is None:
     return None
   with config_errors():

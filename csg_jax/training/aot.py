@@ -8,17 +8,15 @@ Chip figures: the Google Cloud TPU documentation pages in CHIPS (docs/accelerato
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib.util
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
 import jax
 
+from csg_jax import platforms
 from csg_jax import sharding
 from csg_jax.data import sources
 from csg_jax.errors import CSGError
@@ -55,25 +53,6 @@ CHIPS = {c.name: c for c in (
 EXAMPLE_TOPOLOGIES = ("v5e:2x2", "v5e:4x4", "v4:2x2x1", "v4:2x2x2", "v5p:2x2x1", "v6e:2x2")
 _TOPOLOGY = re.compile(r"^(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})$")
 
-# Image shapes and classes of sources whose config leaves data.image_size/num_classes unset.
-def has_libtpu() -> bool:
-  return importlib.util.find_spec("libtpu") is not None
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-  """libtpu, loaded on a host without a TPU, warns on the process's stderr about the TPU it cannot
-  find: those lines are dropped while it loads (its errors still raise)."""
-  with tempfile.TemporaryFile("w+") as sink:
-    saved = os.dup(2)
-    os.dup2(sink.fileno(), 2)
-    try:
-      yield
-    finally:
-      os.dup2(saved, 2)
-      os.close(saved)
-
-
 def topology(name: str):
   """(Chip, the slice's compile-only devices) of a topology name such as "v5e:2x2"."""
   known = f"use <chip>:<shape> with chip one of {', '.join(CHIPS)}, e.g. " + ", ".join(
@@ -81,7 +60,7 @@ def topology(name: str):
   match = _TOPOLOGY.match(name)
   if not match:
     raise CSGError(f"unknown TPU topology {name!r}: {known}")
-  if not has_libtpu():
+  if not platforms.has_libtpu():
     raise CSGError('compiling for TPU needs libtpu: pip install "csg_jax[tpu]"')
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   # Another process (any JAX process where libtpu is installed) may hold libtpu's lockfile; a
@@ -89,7 +68,7 @@ def topology(name: str):
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server off Cloud TPU VMs
   try:
-    with _quiet_stderr():
+    with platforms.quiet_stderr():
       devices = topologies.get_topology_desc(name, "tpu").devices
   except Exception as e:  # pylint: disable=broad-except  (libtpu's own words, on one line)
     detail = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -340,7 +319,7 @@ def summary(tgt: Target, steps: dict[str, dict[str, Any]],
          "config": {"model": tgt.setup.config.model.name, "dtype": tgt.setup.config.model.dtype,
                     "method": tgt.setup.config.method,
                     "image_shape": list(tgt.setup.image_shape), "classes": tgt.classes},
-         "jax": jax.__version__, "steps": steps}
+         "jax": jax.__version__, "libtpu": platforms.libtpu_version(), "steps": steps}
   if max_batch is not None:
     out["max_global_batch"] = max_batch
   return out
