@@ -174,3 +174,42 @@ def test_an_explicit_jax_platforms_is_left_alone():
 
 
 
+
+def _LINEAR(n):  # pylint: disable=invalid-name
+  return 0.5 + 0.01 * n
+
+
+@pytest.mark.parametrize("memory", [
+    _LINEAR,  # the line through two probes finds the answer
+    lambda n: 0.5 + 0.0001 * n ** 1.5,  # convex
+    lambda n: 0.5 + 0.3 * n ** 0.5,  # concave
+    lambda n: 0.5 + 0.02 * (n // 8) * 8,  # steps (buffers rounded up)
+    lambda n: 3.0 + 0.01 * n,  # nothing fits
+    lambda n: 0.5 + 1e-6 * n,  # everything up to the limit fits
+], ids=["linear", "convex", "concave", "steps", "none", "all"])
+@pytest.mark.parametrize("start", [1, 2, 64, 5000])
+def test_max_batch_search_finds_the_largest_fitting_multiple(monkeypatch, memory, start):
+  """The search against a pretended per-device memory curve (GiB at n images per device) and a
+  2 GiB device: the largest fitting multiple of the 4 devices, each batch probed once, in few
+  probes (4 when memory is linear in the batch)."""
+  from types import SimpleNamespace  # pylint: disable=g-import-not-at-top
+  from csg_jax.training import aot  # pylint: disable=g-import-not-at-top
+  probed = []
+
+  def peak(tgt, batch):
+    probed.append(batch)
+    need = memory(batch // 4)
+    return need <= 2.0, need * aot.GIB
+
+  monkeypatch.setattr(aot, "train_steps_peak", peak)
+  tgt = SimpleNamespace(devices=[0, 1, 2, 3], device_memory_gib=2.0,
+                        setup=SimpleNamespace(config=SimpleNamespace(batch_size=4 * start)))
+  limit = 4 * 20_000
+  best = aot.max_global_batch(tgt, limit=limit)
+  expect = 4 * max(n for n in range(limit // 4 + 1) if n == 0 or memory(n) <= 2.0)
+  assert best == expect
+  assert len(probed) == len(set(probed)) <= 12, probed  # doubling + bisection takes ~20
+  if memory(1) <= 2.0 and best < limit:
+    assert best in probed and best + 4 in probed  # it saw the answer fit and the next fail
+  if memory is _LINEAR:
+    assert len(probed) <= 6

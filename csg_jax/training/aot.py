@@ -265,49 +265,79 @@ def compile_all(tgt: Target, batch: int | None = None) -> dict[str, dict[str, An
   return out
 
 
-def train_steps_fit(tgt: Target, batch: int, cache: dict[int, bool]) -> bool:
-  if batch not in cache:
-    state = tgt.setup.abstract_state()
-    fits = True
-    for name, (fn, is_eval) in tgt.steps().items():
-      if is_eval:
-        continue
-      log(f"probing {name} at global batch {batch} ...")
-      if not compile_step(tgt, fn, batch, False, state)["fits"]:
-        fits = False
-        break
-    cache[batch] = fits
-  return cache[batch]
+def train_steps_peak(tgt: Target, batch: int) -> tuple[bool, float | None]:
+  """(whether every train step fits at this global batch, the largest step's total bytes per
+  device; None where XLA refused a step for want of memory and gave no figure)."""
+  state = tgt.setup.abstract_state()
+  peak = 0.0
+  for name, (fn, is_eval) in tgt.steps().items():
+    if is_eval:
+      continue
+    log(f"probing {name} at global batch {batch} ...")
+    step = compile_step(tgt, fn, batch, False, state)
+    if "memory_gib" in step:
+      peak = max(peak, step["memory_gib"]["total"] * GIB)
+    elif "required_gib" in step:
+      peak = max(peak, step["required_gib"] * GIB)
+    else:
+      return False, None
+    if not step["fits"]:
+      return False, peak
+  return True, peak
+
+
+def _line_crossing(points: dict[int, float], a: int, b: int, budget: float) -> int | None:
+  """The per-device batch at which the line through the peaks measured at batches a and b
+  reaches `budget` (rounded down); None without both or a rising line."""
+  if a == b or a not in points or b not in points:
+    return None
+  slope = (points[b] - points[a]) / (b - a)
+  if slope <= 0:
+    return None
+  return int(a + (budget - points[a]) // slope)
 
 
 def max_global_batch(tgt: Target, limit: int = 1 << 20) -> int:
-  """The largest global batch (a multiple of the chip count) at which every train step fits, by
-  doubling then bisection; 0 when not even one image per chip fits."""
-  unit, cache = len(tgt.devices), {}
+  """The largest global batch (a multiple of the device count, at most `limit`) at which every
+  train step fits; 0 when not even one image per device fits.
+
+  Each probe is a compile per train step (minutes for big models), so the search follows the
+  memory: it grows about linearly with the batch, and the next probe is where the line through
+  the two probes nearest the answer reaches the device's memory, kept strictly inside the bracket
+  (largest batch that fits, smallest that does not), a little past the crossing until a batch
+  fails. Doubling while no line is known, and bisection when two probes have not halved the
+  bracket, bound the count. It ends with a batch
+  that fits and the next multiple that does not (or `limit`)."""
+  unit = len(tgt.devices)
+  budget = tgt.device_memory_gib * GIB
+  points: dict[int, float] = {}  # per-device batch -> the largest train step's bytes
+  lo, hi = 0, None  # per-device: the largest batch known to fit, the smallest known not to
+  widths: list[int] = []
+  probes: list[int] = []
   n = max(tgt.setup.config.batch_size // unit, 1)
-  if train_steps_fit(tgt, n * unit, cache):
-    lo, hi = n, None
-    while hi is None:
-      if lo * 2 * unit > limit:
-        return lo * unit
-      if train_steps_fit(tgt, lo * 2 * unit, cache):
-        lo *= 2
-      else:
-        hi = lo * 2
-  else:
-    lo, hi = 0, n
-    while lo == 0 and hi > 1:
-      if train_steps_fit(tgt, (hi // 2) * unit, cache):
-        lo = hi // 2
-      else:
-        hi //= 2
-  while hi - lo > 1:
-    mid = (lo + hi) // 2
-    if train_steps_fit(tgt, mid * unit, cache):
-      lo = mid
+  while True:
+    fits, peak = train_steps_peak(tgt, n * unit)
+    probes.append(n)
+    if peak is not None:
+      points[n] = peak
+    if fits:
+      lo = n
     else:
-      hi = mid
-  return lo * unit
+      hi = n
+    upper = hi if hi is not None else limit // unit + 1  # first batch not to try
+    if upper - lo <= 1:
+      return lo * unit
+    recent = [k for k in probes if k in points][-2:]  # the line through the last two probes
+    guess = _line_crossing(points, *recent, budget) if len(recent) == 2 else None
+    if hi is not None:
+      widths.append(upper - lo)
+      if guess is None or (len(widths) >= 4 and widths[-1] > widths[-4] // 2):
+        guess = (lo + upper) // 2
+    elif guess is None:
+      guess = lo * 2
+    else:  # a little past the crossing, so that the next probe likely brackets the answer
+      guess += max(guess // 32, 1)
+    n = min(max(guess, lo + 1), upper - 1)
 
 
 def summary(tgt: Target, steps: dict[str, dict[str, Any]],
