@@ -31,6 +31,7 @@ def test_unknown_source_is_a_csg_error():
     ("source", "nope", "data.source"),
     ("crop_padding", -1, "data.crop_padding"),
     ("prefetch", -1, "data.prefetch"),
+    ("batch_workers", 0, "data.batch_workers"),
     ("image_size", 0, "data.image_size"),
     ("std", (0.0,), "data.std"),
     ("mean", (0.1, 0.2), "data.mean has 2 values but data.std has 0"),  # std left empty

@@ -1,6 +1,8 @@
 """csg_jax.data: batch streams (order, resumption, sharding, eval coverage) and augmentation."""
 
 import itertools
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -153,15 +155,23 @@ def test_batch_size_must_divide_among_processes():
     data.eval_batches(ds, _plain_config(), split="val", global_batch_size=16)
 
 
-def test_prefetch_thread_gives_the_same_batches_and_propagates_errors():
+@pytest.mark.parametrize("workers", [1, 3])
+def test_prefetch_threads_give_the_same_batches_and_propagate_errors(workers):
   ds = _indexed_dataset()
   cfg = _augmenting_config()
-  plain = _take(data.train_batches(ds, cfg, global_batch_size=16, seed=2), 4)
-  cfg.prefetch = 2
+  plain = _take(data.train_batches(ds, cfg, global_batch_size=16, seed=2), 7)
+  plain_eval = list(data.eval_batches(ds, cfg, global_batch_size=24))
+  cfg.prefetch, cfg.batch_workers = 2, workers
   prefetched = data.train_batches(ds, cfg, global_batch_size=16, seed=2)
-  for a, b in zip(plain, _take(prefetched, 4)):
+  for a, b in zip(plain, _take(prefetched, 7), strict=True):  # the same batches, in order
     np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
   prefetched.close()
+  prefetched_eval = list(data.eval_batches(ds, cfg, global_batch_size=24))
+  assert len(prefetched_eval) == len(plain_eval)
+  for a, b in zip(plain_eval, prefetched_eval):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["mask"], b["mask"])
 
   class Broken(data.ArraySplit):
     def read(self, indices):
@@ -171,6 +181,26 @@ def test_prefetch_thread_gives_the_same_batches_and_propagates_errors():
   broken = data.Dataset("broken", ds.class_names, ds.image_shape, {"train": split, "test": split})
   with pytest.raises(CSGError, match="disk on fire"):
     next(data.train_batches(broken, cfg, global_batch_size=16, seed=0))
+
+
+def test_batch_workers_run_at_once_and_yield_in_step_order():
+  from csg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  lock, running, most = threading.Lock(), [0], [0]
+
+  def make(key):  # even keys take longer: they finish after the odd key started after them
+    with lock:
+      running[0] += 1
+      most[0] = max(most[0], running[0])
+    time.sleep(0.05 if key % 2 == 0 else 0.005)
+    with lock:
+      running[0] -= 1
+    return key
+
+  assert list(pipeline._prefetch(make, iter(range(12)), 2, 3)) == list(range(12))
+  assert most[0] >= 2  # several batches in preparation at once
+  stream = pipeline._prefetch(make, itertools.count(), 2, 3)  # an endless stream stops on close
+  assert _take(stream, 3) == [0, 1, 2]
+  stream.close()
 
 
 def test_crop_is_a_zero_padded_shift_known_answer():

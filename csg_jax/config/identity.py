@@ -20,6 +20,7 @@ BOOKKEEPING_FIELDS = frozenset({
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "tensorboard_images", "tensorboard_atlas_filters",
     "eval_batch_size", "std_config", "data.cache_dir", "data.decode_workers", "data.prefetch",
+    "data.batch_workers",
     "data.data_dir", "data.download"})
 # Already in a workdir name's stem (<dataset>_<model>_<method>).
 _NAME_STEM_FIELDS = frozenset({"method", "model.name", "data.source", "data.name"})

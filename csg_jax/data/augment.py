@@ -65,7 +65,10 @@ def crop_and_flip(images: np.ndarray, offset: np.ndarray | None, padding: int,
 
 
 def resized_crop(images: np.ndarray, boxes: np.ndarray, flip: np.ndarray | None) -> np.ndarray:
-  """Bilinearly resamples each box (y, x, height, width) to the full image size; float32 out."""
+  """Bilinearly resamples each box (y, x, height, width) to the full image size; float32 out.
+
+  Separably: whole rows are gathered (uint8) and blended along y, then pixels along x.
+  """
   n, h, w, c = images.shape
   y0, x0, bh, bw = boxes.T
   ys = y0[:, None] + (np.arange(h) + 0.5) * (bh / h)[:, None] - 0.5  # Pixel-centre aligned.
@@ -77,16 +80,31 @@ def resized_crop(images: np.ndarray, boxes: np.ndarray, flip: np.ndarray | None)
   y_hi, x_hi = np.minimum(y_lo + 1, h - 1), np.minimum(x_lo + 1, w - 1)
   wy = (ys - y_lo).astype(np.float32)[:, :, None, None]
   wx = (xs - x_lo).astype(np.float32)[:, None, :, None]
-  flat = images.reshape(n * h * w, c)
-  base = (np.arange(n) * h)[:, None]
 
-  def gather(yi: np.ndarray, xi: np.ndarray) -> np.ndarray:
-    index = (base + yi)[:, :, None] * w + xi[:, None, :]
-    return flat.take(index.reshape(-1), axis=0).reshape(n, h, w, c).astype(np.float32)
+  rows = images.reshape(n * h, w * c)
+  first_row = (np.arange(n) * h)[:, None]
 
-  top = gather(y_lo, x_lo) * (1 - wx) + gather(y_lo, x_hi) * wx
-  bottom = gather(y_hi, x_lo) * (1 - wx) + gather(y_hi, x_hi) * wx
-  return top * (1 - wy) + bottom * wy
+  def row_gather(yi: np.ndarray) -> np.ndarray:
+    return rows.take((first_row + yi).reshape(-1), axis=0).reshape(n, h, w, c).astype(np.float32)
+
+  out = row_gather(y_lo)
+  step = row_gather(y_hi)
+  step -= out
+  step *= wy
+  out += step  # [n, h, w, c]: blended along y
+
+  pixels = out.reshape(n * h * w, c)
+  first_pixel = (np.arange(n * h) * w).reshape(n, h, 1)
+
+  def pixel_gather(xi: np.ndarray) -> np.ndarray:
+    return pixels.take((first_pixel + xi[:, None, :]).reshape(-1), axis=0).reshape(n, h, w, c)
+
+  left = pixel_gather(x_lo)
+  right = pixel_gather(x_hi)
+  right -= left
+  right *= wx
+  left += right
+  return left
 
 
 def _sample_boxes(rng: np.random.Generator, n: int, image_hw: tuple[int, int],

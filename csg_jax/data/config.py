@@ -52,7 +52,10 @@ FIELDS = (
      "Per-channel mean (0..1) to subtract; empty: the data set's own (the source's known values, "
      "else measured on the training split, up to 10 000 images; dataset.json records them)."),
     ("std", (), "Per-channel std (0..1) to divide by; empty: the data set's own (see mean)."),
-    ("prefetch", 2, "Batches a background thread prepares ahead; 0: none."),
+    ("prefetch", 2, "Batches prepared ahead in the background; 0: none."),
+    ("batch_workers", 1,
+     ("Threads preparing those batches in parallel (>1 on hosts feeding accelerators); each "
+      "batch depends only on its step, so any count gives the same batches.")),
 )
 
 
@@ -93,6 +96,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
       raise CSGError(f"data.{field} is {cfg[field]!r}: set it to True or False.")
   for field in ("crop_padding", "decode_workers", "prefetch"):
     _check_int(cfg, field, minimum=0)
+  _check_int(cfg, "batch_workers", minimum=1)
   for field in ("image_size", "num_classes"):
     if cfg[field] is not None:
       _check_int(cfg, field, minimum=1)

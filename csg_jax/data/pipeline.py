@@ -9,6 +9,8 @@ processes are exact.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import itertools
 import math
 import queue
@@ -101,7 +103,8 @@ def train_batches(dataset: Dataset, data_config, *, global_batch_size: int, seed
                            data_config)
     return {"image": augment.normalize(images, *normalize_with), "label": labels}
 
-  return _prefetch(batch, itertools.count(start_step), data_config.prefetch)
+  return _prefetch(batch, itertools.count(start_step), data_config.prefetch,
+                   data_config.batch_workers)
 
 
 def eval_batches(dataset: Dataset, data_config, *, split: str = "test", global_batch_size: int,
@@ -132,7 +135,8 @@ def eval_batches(dataset: Dataset, data_config, *, split: str = "test", global_b
     return {"image": images, "label": labels, "mask": np.arange(local) < count}
 
   num_batches = math.ceil(num_examples / global_batch_size)
-  return _prefetch(batch, iter(range(num_batches)), data_config.prefetch)
+  return _prefetch(batch, iter(range(num_batches)), data_config.prefetch,
+                   data_config.batch_workers)
 
 
 def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
@@ -154,13 +158,17 @@ class _Raised:
 _END = object()
 
 
-def _prefetch(make: Callable[[int], dict], keys: Iterator[int],
-              depth: int) -> Iterator[dict[str, np.ndarray]]:
-  """Yields make(k) for k in keys, computed `depth` batches ahead by a background thread.
+def _prefetch(make: Callable[[int], dict], keys: Iterator[int], depth: int,
+              workers: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Yields make(k) for k in keys, in order, computed `depth` batches ahead by a background
+  thread, or by `workers` threads at once.
 
-  numpy releases the GIL in its copy and arithmetic loops, so batch preparation overlaps with
-  the caller's work (e.g. dispatching a training step).
+  numpy releases the GIL in its copy, gather and arithmetic loops, so batch preparation overlaps
+  with the caller's work (e.g. dispatching a training step) and with the other workers'.
   """
+  if depth and workers > 1:
+    yield from _parallel(make, keys, depth, workers)
+    return
   if not depth:
     yield from map(make, keys)
     return
@@ -194,3 +202,19 @@ def _prefetch(make: Callable[[int], dict], keys: Iterator[int],
       yield item
   finally:
     stop.set()  # Lets the thread exit when the consumer stops early or is closed.
+
+
+def _parallel(make: Callable[[int], dict], keys: Iterator[int], depth: int,
+              workers: int) -> Iterator[dict[str, np.ndarray]]:
+  """_prefetch with a pool of `workers` threads: up to depth + workers batches in flight."""
+  pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="csg_jax.data.batch")
+  pending: collections.deque = collections.deque()
+  try:
+    for key in keys:
+      pending.append(pool.submit(make, key))
+      if len(pending) > depth + workers - 1:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+  finally:  # The consumer stopped early, was closed, or a batch raised: drop what is queued.
+    pool.shutdown(wait=False, cancel_futures=True)
