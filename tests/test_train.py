@@ -234,3 +234,38 @@ def test_step_memory_and_device_limits():
                                      r"batch_size \(now 8, 8 per device\), or more devices\.$"):
     memory.check_fits(sizes, 4 << 30, step="eval", device="gpu:0", batch_size=8, num_devices=1,
                       dtype="bfloat16")
+
+
+def test_frozen_layers_cost_nothing_and_grad_norm_is_over_the_trained_layers():
+  """With everything but the head frozen, nothing reads the frozen layers' gradients: the
+  compiled step's FLOPs fall to about a forward pass plus the head's gradient, and grad_norm is
+  the norm of the head's gradient alone (worked out here with jax.grad on the same loss)."""
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(64, 8, 8, 1)).astype(np.float32),
+           "label": rng.integers(0, 10, size=64).astype(np.int32)}
+  flops, metrics, states = {}, {}, {}
+  for freeze in ("", "^backbone/"):
+    config = small_config(method="std")
+    config.optimizer.freeze = freeze
+    setup = runs.build(config, devices=jax.devices()[:1])
+    state = runs.create_train_state(setup.model, setup.optimizers, (8, 8, 1), setup.rng)
+    step = loop.make_train_steps(setup)["std"]
+    flops[freeze] = step.lower(state, batch).compile().cost_analysis()
+    flops[freeze] = float((flops[freeze][0] if isinstance(flops[freeze], list)
+                           else flops[freeze])["flops"])
+    states[freeze] = state
+    _, metrics[freeze] = jax.device_get(step(jax.tree_util.tree_map(np.copy, state), batch))
+  # Full step: forward + input and weight gradients (~3 forwards); frozen: ~1 forward.
+  assert flops["^backbone/"] < 0.5 * flops[""], flops
+
+  state = states[""]
+  def loss(params):
+    logits = setup.model.apply({"params": params, "batch_stats": state.batch_stats},
+                               batch["image"], batch["label"], train=True,
+                               mutable=["batch_stats"])[0]
+    return setup.method.objective(logits, batch["label"], "std")[0]
+  grads = jax.grad(loss)(state.params)
+  norm = lambda tree: float(np.sqrt(sum(np.vdot(g, g) for g in jax.tree_util.tree_leaves(tree))))
+  np.testing.assert_allclose(metrics[""]["grad_norm"], norm(grads), rtol=1e-4)
+  np.testing.assert_allclose(metrics["^backbone/"]["grad_norm"], norm(grads["head"]), rtol=1e-4)
+  assert norm(grads["head"]) < 0.99 * norm(grads)  # the two norms differ: the test can tell

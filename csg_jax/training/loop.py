@@ -45,12 +45,14 @@ def draw_key(seed: int, step: jnp.ndarray) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, method,
-               tx: optax.GradientTransformation, phase: str, optimizer_name: str, seed: int
-               ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+               tx: optax.GradientTransformation, phase: str, optimizer_name: str, seed: int,
+               freeze: str = "") -> tuple[TrainState, dict[str, jnp.ndarray]]:
   """One optimisation step of `phase` (one of the plan's phases), updating one optimiser state.
 
   The objective is the method's for the phase; the method's own variables (collection `gates`)
   are updated by its transform in `tx`, and its `step_metrics` describe them after the update.
+  `freeze` is the optimiser's pattern of trunk layers it leaves unchanged: nothing reads their
+  gradients (grad_norm is over the trained layers), so XLA neither computes nor all-reduces them.
   """
   images, labels = batch["image"], batch["label"]
 
@@ -69,8 +71,11 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, me
   grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(trainable)
   updates, opt_state = tx.update(grads, state.opt_state[optimizer_name], trainable)
   trainable = optax.apply_updates(trainable, updates)
-  metrics["grad_norm"] = jnp.sqrt(sum(jnp.vdot(g, g) for g in jax.tree_util.tree_leaves(
-      grads["params"])))
+  labels = optimizer_lib.partition_labels(grads, freeze)["params"]
+  metrics["grad_norm"] = jnp.sqrt(sum(
+      (jnp.vdot(g, g) for g, label in zip(jax.tree_util.tree_leaves(grads["params"]),
+                                          jax.tree_util.tree_leaves(labels)) if label != "frozen"),
+      jnp.zeros((), jnp.float32)))
   gate = gate_lib.gate_values(trainable["gates"])
   if gate is not None:
     bad = ~jnp.isfinite(gate).all(axis=0)  # filters whose gate column holds NaN or inf
@@ -91,7 +96,7 @@ def make_train_steps(setup: setup_lib.RunSetup) -> dict[str, Callable]:
     name = setup.plan.optimizer_of_phase[phase]
     fn = functools.partial(train_step, model=setup.model, method=setup.method,
                            tx=setup.optimizers[name], phase=phase, optimizer_name=name,
-                           seed=setup.config.seed)
+                           seed=setup.config.seed, freeze=setup.plan.optimizers[name].freeze)
     steps[phase] = jax.jit(fn, in_shardings=(repl, data), out_shardings=(repl, repl),
                            donate_argnums=0)
   return steps
