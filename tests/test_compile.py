@@ -148,6 +148,19 @@ def test_without_libtpu_one_line_says_how_to_get_it(monkeypatch):
   assert str(e.value) == 'compiling for TPU needs libtpu: pip install "csg_jax[tpu]"'
 
 
+def test_a_libtpu_known_to_crash_for_a_chip_is_refused_in_one_line(monkeypatch):
+  from csg_jax import platforms  # pylint: disable=g-import-not-at-top
+  from csg_jax.errors import CSGError  # pylint: disable=g-import-not-at-top
+  from csg_jax.training import aot  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(platforms, "has_libtpu", lambda: True)
+  monkeypatch.setattr(platforms, "libtpu_version", lambda: "0.0.42.1")
+  with pytest.raises(CSGError, match=r"^libtpu 0.0.42.1 crashes compiling for v6e .* install "
+                     r"libtpu 0.0.43.2 or later"):
+    aot.topology("v6e:2x2")
+  assert aot._release("0.0.43.2") >= aot.CHIPS["v6e"].min_libtpu
+  assert aot._release("0.0.46.dev20250601") >= aot.CHIPS["v6e"].min_libtpu
+
+
 def _platform_probe(env):
   code = ("import jax; from csg_jax import platforms; "
           "print(platforms.skip_absent_tpu(), jax.devices()[0].platform)")

@@ -36,6 +36,7 @@ class Chip:
   bf16_tflops: float  # peak dense bf16 TFLOP/s per chip
   hbm_gbps: float  # HBM bandwidth per chip, GB/s
   source: str
+  min_libtpu: tuple[int, ...] = (0,)  # the first libtpu release seen to compile for it
 
   @property
   def f32_tflops(self) -> float:
@@ -48,7 +49,8 @@ CHIPS = {c.name: c for c in (
     Chip("v4", 32, 275, 1200, "https://cloud.google.com/tpu/docs/v4"),
     Chip("v5e", 16, 197, 819, "https://cloud.google.com/tpu/docs/v5e"),
     Chip("v5p", 95, 459, 2765, "https://cloud.google.com/tpu/docs/v5p"),
-    Chip("v6e", 32, 918, 1640, "https://cloud.google.com/tpu/docs/v6e"),
+    # libtpu 0.0.42.1 (jax 0.10.2's pin) crashes compiling for v6e; 0.0.43.2 and 0.0.46.3 do not.
+    Chip("v6e", 32, 918, 1640, "https://cloud.google.com/tpu/docs/v6e", (0, 0, 43, 2)),
 )}
 EXAMPLE_TOPOLOGIES = ("v5e:2x2", "v5e:4x4", "v4:2x2x1", "v4:2x2x2", "v5p:2x2x1", "v6e:2x2")
 _TOPOLOGY = re.compile(r"^(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})$")
@@ -62,6 +64,12 @@ def topology(name: str):
     raise CSGError(f"unknown TPU topology {name!r}: {known}")
   if not platforms.has_libtpu():
     raise CSGError('compiling for TPU needs libtpu: pip install "csg_jax[tpu]"')
+  chip, version = CHIPS[match.group(1)], platforms.libtpu_version()
+  if version and _release(version) < chip.min_libtpu:
+    least = ".".join(map(str, chip.min_libtpu))
+    raise CSGError(f"libtpu {version} crashes compiling for {chip.name} (a segmentation fault "
+                   f"in XLA's TPU compiler): install libtpu {least} or later for {chip.name} "
+                   f"topologies, e.g. pip install libtpu=={least} in an environment of its own")
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   # Another process (any JAX process where libtpu is installed) may hold libtpu's lockfile; a
   # compile-only client touches no TPU, so it need not wait for it.
@@ -73,7 +81,12 @@ def topology(name: str):
   except Exception as e:  # pylint: disable=broad-except  (libtpu's own words, on one line)
     detail = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise CSGError(f"TPU topology {name!r} is not available ({detail}): {known}") from e
-  return CHIPS[match.group(1)], list(devices)
+  return chip, list(devices)
+
+
+def _release(version: str) -> tuple[int, ...]:
+  """(0, 0, 42, 1) of "0.0.42.1" (digits of each part; a suffix such as "dev" ignored)."""
+  return tuple(int(re.match(r"\d*", part).group() or 0) for part in version.split("."))
 
 
 def data_shape(config) -> tuple[tuple[int, int, int], int]:
