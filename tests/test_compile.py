@@ -226,3 +226,30 @@ def test_max_batch_search_finds_the_largest_fitting_multiple(monkeypatch, memory
     assert best in probed and best + 4 in probed  # it saw the answer fit and the next fail
   if memory is _LINEAR:
     assert len(probed) <= 6
+
+
+def test_invariants_count_each_gradient_reduced_once_and_flag_a_second_reduction():
+  """On the 8 CPU devices: a CSG step all-reduces 4 bytes per trained parameter and per
+  batch-norm sum (two per channel forward, two backward), within 2 %; twice that is flagged."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from conftest import small_config  # pylint: disable=g-import-not-at-top
+  from csg_jax import runs, sharding  # pylint: disable=g-import-not-at-top
+  from csg_jax.training import aot  # pylint: disable=g-import-not-at-top
+  setup = runs.for_shapes(small_config(), num_classes=10, image_shape=(8, 8, 1),
+                          num_train_examples=1000, devices=jax.devices())
+  tgt = aot.Target("cpu", aot.CHIPS["v5e"], jax.devices(), setup, 10)
+  state = setup.abstract_state()
+  fn, _ = tgt.steps()["train_joint"]
+  compiled = fn.lower(state, sharding.abstract_batch(setup.mesh, 64, (8, 8, 1))).compile()
+  colls = aot.collectives(compiled.as_text())
+  trained, statistics = aot.reduced_elements(tgt, "joint", state)
+  params = sum(x.size for x in jax.tree_util.tree_leaves((state.params, state.gates)))
+  assert trained == params  # nothing frozen in this config
+  assert statistics == sum(x.size for x in jax.tree_util.tree_leaves(state.batch_stats))
+  expect = 4 * (trained + 2 * statistics)
+  assert abs(colls["all-reduce"]["bytes"] - expect) <= 0.02 * expect, (colls, expect)
+  assert aot.check_invariants(tgt, compiled, colls, False, (trained, statistics)) == []
+  twice = {"all-reduce": {"count": 2 * colls["all-reduce"]["count"],
+                          "bytes": 2 * colls["all-reduce"]["bytes"]}}
+  problems = aot.check_invariants(tgt, compiled, twice, False, (trained, statistics))
+  assert len(problems) == 1 and "reduced more than once" in problems[0], problems

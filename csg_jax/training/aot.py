@@ -9,6 +9,7 @@ Chip figures: the Google Cloud TPU documentation pages in CHIPS (docs/accelerato
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 
 import jax
 
+from csg_jax import optimizer as optimizer_lib
 from csg_jax import platforms
 from csg_jax import sharding
 from csg_jax.data import sources
@@ -195,9 +197,10 @@ def _oom(error: Exception) -> bool:
   return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text
 
 
-def compile_step(tgt: Target, fn, batch: int, eval_batch: bool, state=None) -> dict[str, Any]:
-  """Lowers and compiles one step at a global batch; its figures (fits False, no figures, when
-  XLA refuses for want of memory)."""
+def compile_step(tgt: Target, fn, batch: int, eval_batch: bool, state=None,
+                 name: str = "") -> dict[str, Any]:
+  """Lowers and compiles one step (`name`, one of Target.steps) at a global batch; its figures
+  (fits False, no figures, when XLA refuses for want of memory)."""
   state = tgt.setup.abstract_state() if state is None else state
   args = (state, sharding.abstract_batch(tgt.setup.mesh, batch, tgt.setup.image_shape,
                                          with_mask=eval_batch))
@@ -212,10 +215,28 @@ def compile_step(tgt: Target, fn, batch: int, eval_batch: bool, state=None) -> d
     if need:  # XLA's own figure: at least this much (temporaries alone), in its "G" (GiB)
       out["required_gib"] = float(need.group(1))
     return out
-  return _figures(tgt, compiled, batch, eval_batch)
+  reduced = None if eval_batch else reduced_elements(tgt, name.removeprefix("train_"), state)
+  return _figures(tgt, compiled, batch, eval_batch, reduced)
 
 
-def _figures(tgt: Target, compiled, batch: int, eval_batch: bool) -> dict[str, Any]:
+def reduced_elements(tgt: Target, phase: str, state) -> tuple[int, int] | None:
+  """(elements of the parameters a train phase's optimiser updates, elements of the batch-norm
+  statistics) of a state: what one data-parallel step must all-reduce, each once. None for an
+  unknown phase."""
+  name = tgt.setup.plan.optimizer_of_phase.get(phase)
+  if name is None:
+    return None
+  trainable = state.trainable()
+  labels = optimizer_lib.partition_labels(trainable, tgt.setup.plan.optimizers[name].freeze)
+  size = lambda x: math.prod(x.shape)
+  trained = sum(size(x) for x, label in zip(jax.tree_util.tree_leaves(trainable),
+                                            jax.tree_util.tree_leaves(labels))
+                if label != "frozen")
+  return trained, sum(size(x) for x in jax.tree_util.tree_leaves(state.batch_stats))
+
+
+def _figures(tgt: Target, compiled, batch: int, eval_batch: bool,
+             reduced: tuple[int, int] | None = None) -> dict[str, Any]:
   sizes = memory.step_bytes(compiled)
   cost = _first(compiled.cost_analysis())
   flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
@@ -238,13 +259,17 @@ def _figures(tgt: Target, compiled, batch: int, eval_batch: bool) -> dict[str, A
       "roofline_ms": seconds * 1e3,
       "images_per_s": images_per_s,
       "images_per_s_per_host": images_per_s / tgt.hosts if images_per_s else None,
-      "invariants": check_invariants(tgt, compiled, colls, eval_batch),
+      **({"trained_parameters": reduced[0]} if reduced else {}),
+      "invariants": check_invariants(tgt, compiled, colls, eval_batch, reduced),
   }
 
 
-def check_invariants(tgt: Target, compiled, colls, eval_batch: bool) -> list[str]:
+def check_invariants(tgt: Target, compiled, colls, eval_batch: bool,
+                     reduced: tuple[int, int] | None = None) -> list[str]:
   """What breaks data parallelism in a compiled step: the batch not split along "data", the
-  state not replicated, gradients not all-reduced, activations gathered. [] when none."""
+  state not replicated, gradients not all-reduced, or reduced more than once (all-reduce bytes
+  beyond 4 bytes per trained parameter and 8 per batch-norm statistic, given `reduced`),
+  activations gathered. [] when none."""
   problems = []
   state_in, batch_in = compiled.input_shardings[0]
   for s in jax.tree_util.tree_leaves(batch_in):
@@ -258,6 +283,15 @@ def check_invariants(tgt: Target, compiled, colls, eval_batch: bool) -> list[str
   if len(tgt.devices) > 1:
     if not eval_batch and "all-reduce" not in colls:
       problems.append("no all-reduce: gradients are not reduced across chips")
+    if not eval_batch and reduced and "all-reduce" in colls:
+      # float32 gradients; batch norm reduces two sums per channel forward and two backward;
+      # 2 % and 4 KiB for the loss and the metrics.
+      bound = 4 * (reduced[0] + 2 * reduced[1]) * 1.02 + 4096
+      if colls["all-reduce"]["bytes"] > bound:
+        problems.append(f"all-reduces move {colls['all-reduce']['bytes'] / 2**20:.1f} MiB per "
+                        f"chip, more than the {reduced[0]:,} trained parameters' gradients and "
+                        f"the {reduced[1]:,} batch-norm statistics' sums in float32 "
+                        f"({bound / 2**20:.1f} MiB): something is reduced more than once")
     # Eval gathers its outputs (predictions, features) by design: replicated out_shardings.
     if not eval_batch and ("all-gather" in colls or "all-to-all" in colls):
       problems.append("activations or the batch are gathered across chips "
@@ -274,7 +308,7 @@ def compile_all(tgt: Target, batch: int | None = None) -> dict[str, dict[str, An
   for name, (fn, is_eval) in tgt.steps().items():
     b = config.eval_batch_size if is_eval else (batch or config.batch_size)
     log(f"compiling {name} (global batch {b}) for {tgt.name} ...")
-    out[name] = compile_step(tgt, fn, b, is_eval, state)
+    out[name] = compile_step(tgt, fn, b, is_eval, state, name)
   return out
 
 
@@ -287,7 +321,7 @@ def train_steps_peak(tgt: Target, batch: int) -> tuple[bool, float | None]:
     if is_eval:
       continue
     log(f"probing {name} at global batch {batch} ...")
-    step = compile_step(tgt, fn, batch, False, state)
+    step = compile_step(tgt, fn, batch, False, state, name)
     if "memory_gib" in step:
       peak = max(peak, step["memory_gib"]["total"] * GIB)
     elif "required_gib" in step:
