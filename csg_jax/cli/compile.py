@@ -34,6 +34,11 @@ def main(argv):
   # The host's own backend is not needed: compile-only TPU devices come from libtpu.
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   with cli.user_errors():
+    import jax  # pylint: disable=g-import-not-at-top
+    # A compile-only TPU client cannot load an executable from JAX's persistent compilation cache
+    # (jax 0.10.2: "PjRtCompiler must be constructed with a Client"): each hit would only warn
+    # and compile again, so the cache is off here.
+    jax.config.update("jax_enable_compilation_cache", False)
     from csg_jax import fileio  # pylint: disable=g-import-not-at-top
     from csg_jax.errors import CSGError  # pylint: disable=g-import-not-at-top
     from csg_jax.log import log  # pylint: disable=g-import-not-at-top
