@@ -197,14 +197,15 @@ def _LINEAR(n):  # pylint: disable=invalid-name
     lambda n: 0.5 + 0.0001 * n ** 1.5,  # convex
     lambda n: 0.5 + 0.3 * n ** 0.5,  # concave
     lambda n: 0.5 + 0.02 * (n // 8) * 8,  # steps (buffers rounded up)
+    lambda n: 0.5 + 1e-5 * n + (2.0 if n > 26240 else 0.0),  # flat, then a wall
     lambda n: 3.0 + 0.01 * n,  # nothing fits
     lambda n: 0.5 + 1e-6 * n,  # everything up to the limit fits
-], ids=["linear", "convex", "concave", "steps", "none", "all"])
+], ids=["linear", "convex", "concave", "steps", "wall", "none", "all"])
 @pytest.mark.parametrize("start", [1, 2, 64, 5000])
 def test_max_batch_search_finds_the_largest_fitting_multiple(monkeypatch, memory, start):
   """The search against a pretended per-device memory curve (GiB at n images per device) and a
   2 GiB device: the largest fitting multiple of the 4 devices, each batch probed once, in few
-  probes (4 when memory is linear in the batch)."""
+  probes (4-6 when memory is linear in the batch)."""
   from types import SimpleNamespace  # pylint: disable=g-import-not-at-top
   from csg_jax.training import aot  # pylint: disable=g-import-not-at-top
   probed = []
@@ -221,11 +222,12 @@ def test_max_batch_search_finds_the_largest_fitting_multiple(monkeypatch, memory
   best = aot.max_global_batch(tgt, limit=limit)
   expect = 4 * max(n for n in range(limit // 4 + 1) if n == 0 or memory(n) <= 2.0)
   assert best == expect
-  assert len(probed) == len(set(probed)) <= 12, probed  # doubling + bisection takes ~20
+  # Doubling, then bisection to one multiple, would take 2 log2(answer) probes: up to 30 here.
+  assert len(probed) == len(set(probed)) <= 20, probed
   if memory(1) <= 2.0 and best < limit:
     assert best in probed and best + 4 in probed  # it saw the answer fit and the next fail
   if memory is _LINEAR:
-    assert len(probed) <= 6
+    assert len(probed) <= 6, probed
 
 
 def test_invariants_count_each_gradient_reduced_once_and_flag_a_second_reduction():

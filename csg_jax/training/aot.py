@@ -344,17 +344,20 @@ def _line_crossing(points: dict[int, float], a: int, b: int, budget: float) -> i
   return int(a + (budget - points[a]) // slope)
 
 
+SAFEGUARD = 3  # bisect when this many probes have not halved the bracket
+
+
 def max_global_batch(tgt: Target, limit: int = 1 << 20) -> int:
   """The largest global batch (a multiple of the device count, at most `limit`) at which every
   train step fits; 0 when not even one image per device fits.
 
   Each probe is a compile per train step (minutes for big models), so the search follows the
-  memory: it grows about linearly with the batch, and the next probe is where the line through
-  the two probes nearest the answer reaches the device's memory, kept strictly inside the bracket
-  (largest batch that fits, smallest that does not), a little past the crossing until a batch
-  fails. Doubling while no line is known, and bisection when two probes have not halved the
-  bracket, bound the count. It ends with a batch
-  that fits and the next multiple that does not (or `limit`)."""
+  memory, which grows about linearly with the batch: the next probe is where a line through two
+  probes' memory reaches the device's. Until a batch fails, the line through the last two
+  probes, aimed a little past its crossing; until one fits, the same line or halving; then the
+  line through the bracket's ends (largest batch that fits, smallest that does not), with
+  bisection when SAFEGUARD probes have not halved the bracket. It ends with a batch that fits
+  and the next multiple that does not (or `limit`)."""
   unit = len(tgt.devices)
   budget = tgt.device_memory_gib * GIB
   points: dict[int, float] = {}  # per-device batch -> the largest train step's bytes
@@ -374,16 +377,17 @@ def max_global_batch(tgt: Target, limit: int = 1 << 20) -> int:
     upper = hi if hi is not None else limit // unit + 1  # first batch not to try
     if upper - lo <= 1:
       return lo * unit
-    recent = [k for k in probes if k in points][-2:]  # the line through the last two probes
-    guess = _line_crossing(points, *recent, budget) if len(recent) == 2 else None
-    if hi is not None:
+    recent = [k for k in probes if k in points][-2:]
+    last_line = _line_crossing(points, *recent, budget) if len(recent) == 2 else None
+    if hi is None:  # every probe fitted so far: the last two's line, a little past its crossing
+      guess = lo * 2 if last_line is None else last_line + max(last_line // 32, 1)
+    elif not lo:  # none fitted yet: the last two's line, or halving
+      guess = hi // 2 if last_line is None else last_line
+    else:  # the line through the bracket's ends crosses the memory in [lo, hi)
+      guess = _line_crossing(points, lo, hi, budget)
       widths.append(upper - lo)
-      if guess is None or (len(widths) >= 4 and widths[-1] > widths[-4] // 2):
+      if guess is None or (len(widths) >= SAFEGUARD and widths[-1] > widths[-SAFEGUARD] // 2):
         guess = (lo + upper) // 2
-    elif guess is None:
-      guess = lo * 2
-    else:  # a little past the crossing, so that the next probe likely brackets the answer
-      guess += max(guess // 32, 1)
     n = min(max(guess, lo + 1), upper - 1)
 
 
