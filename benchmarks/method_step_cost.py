@@ -23,6 +23,8 @@ sys.path.insert(0, REPO)  # runs from a checkout without `pip install -e .` too
 
 
 def main(argv=None) -> int:
+  from csg_jax import platforms  # pylint: disable=g-import-not-at-top
+  platforms.skip_absent_tpu()  # libtpu installed on a host without a TPU: the CPU, quietly
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", default="resnet20")
   parser.add_argument("--image", type=int, default=32, help="image side (3 channels)")

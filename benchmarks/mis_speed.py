@@ -42,6 +42,8 @@ def sklearn_matrix(features, labels, classes, seed: int) -> np.ndarray:
 
 
 def main(argv=None) -> int:
+  from csg_jax import platforms  # pylint: disable=g-import-not-at-top
+  platforms.skip_absent_tpu()  # libtpu installed on a host without a TPU: the CPU, quietly
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--n", type=int, default=10000, help="samples")
   parser.add_argument("--k", type=int, default=512, help="filters")

@@ -155,6 +155,8 @@ def profile_torch(steps: int, seed: int, threads: int):
 
 
 def main(argv=None) -> int:
+  from csg_jax import platforms  # pylint: disable=g-import-not-at-top
+  platforms.skip_absent_tpu()  # libtpu installed on a host without a TPU: the CPU, quietly
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=5, help="profiled steps per framework")
   parser.add_argument("--seed", type=int, default=0)

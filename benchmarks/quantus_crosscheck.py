@@ -24,6 +24,8 @@ sys.path.insert(0, REPO)
 
 
 def main(argv=None) -> int:
+  from csg_jax import platforms  # pylint: disable=g-import-not-at-top
+  platforms.skip_absent_tpu()  # libtpu installed on a host without a TPU: the CPU, quietly
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("npz", nargs="+", help="files written by csg-applications --export_maps")
   args = parser.parse_args(argv)

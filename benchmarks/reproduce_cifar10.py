@@ -268,6 +268,8 @@ def seed_table(per_seed, num_examples: int) -> dict:
 
 
 def main(argv=None) -> int:
+  from csg_jax import platforms  # pylint: disable=g-import-not-at-top
+  platforms.skip_absent_tpu()  # libtpu installed on a host without a TPU: the CPU, quietly
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--schedule", choices=sorted(SCHEDULES), default="reduced",
                       help="reduced: 3 epochs, for 2 CPU cores; full: 60 epochs, for a GPU")

@@ -392,6 +392,8 @@ def write_report(root: str, summary: dict) -> str:
 
 
 def main(argv=None) -> int:
+  from csg_jax import platforms  # pylint: disable=g-import-not-at-top
+  platforms.skip_absent_tpu()  # libtpu installed on a host without a TPU: the CPU, quietly
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--weights", required=True,
                       help="torchvision's ImageNet ResNet file (.pth/.pt, or .safetensors), e.g. "

@@ -34,6 +34,8 @@ def _fixtures():
 
 
 def main():
+  from csg_jax import platforms  # pylint: disable=g-import-not-at-top
+  platforms.skip_absent_tpu()  # libtpu installed on a host without a TPU: the CPU, quietly
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--depths", default="18,34,50,101,152")
   parser.add_argument("--width", type=int, default=64, help="base width (64: torchvision's)")

@@ -261,6 +261,8 @@ def bench_model(name: str, args) -> dict:
 
 
 def main(argv=None) -> int:
+  from csg_jax import platforms  # pylint: disable=g-import-not-at-top
+  platforms.skip_absent_tpu()  # libtpu installed on a host without a TPU: the CPU, quietly
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="resnet20,resnet50",
                       help=f"comma-separated, from {sorted(MODELS)}")
