@@ -322,12 +322,14 @@ def train_steps_peak(tgt: Target, batch: int) -> tuple[bool, float | None]:
       continue
     log(f"probing {name} at global batch {batch} ...")
     step = compile_step(tgt, fn, batch, False, state, name)
-    if "memory_gib" in step:
-      peak = max(peak, step["memory_gib"]["total"] * GIB)
-    elif "required_gib" in step:
-      peak = max(peak, step["required_gib"] * GIB)
-    else:
+    need = (step["memory_gib"]["total"] if "memory_gib" in step
+            else step.get("required_gib"))  # XLA's own lower bound when it refused
+    verdict = "fits" if step["fits"] else "does not fit"
+    log(f"  {name} at global batch {batch}: {verdict}"
+        + (f" ({need:.3g} of {tgt.device_memory_gib:.3g} GiB per device)" if need else ""))
+    if need is None:
       return False, None
+    peak = max(peak, need * GIB)
     if not step["fits"]:
       return False, peak
   return True, peak
