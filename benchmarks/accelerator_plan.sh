@@ -36,6 +36,7 @@ declare -A CASE=(
   [r152std_v5e16_bf16]="--config voc_part_resnet152_std --topology v5e:4x4 \
 --config.model.dtype=bfloat16"
   [r152std_v5e16_f32]="--config voc_part_resnet152_std --topology v5e:4x4"
+  [r152_v5e4_bf16]="--config voc_part_resnet152 --topology v5e:2x2 --config.model.dtype=bfloat16"
   [r152_v6e_bf16]="--config voc_part_resnet152 --topology v6e:2x2 --config.model.dtype=bfloat16"
   [r152_v6e_f32]="--config voc_part_resnet152 --topology v6e:2x2"
   [r152_v4_bf16]="--config voc_part_resnet152 --topology v4:2x2x1 --config.model.dtype=bfloat16"
@@ -53,7 +54,7 @@ declare -A CASE=(
 ORDER="r20_v4_f32 r20_v4_bf16 r20_v5e16_f32 r20_v5e16_bf16 r20_v6e_f32 r20_v6e_bf16 \
 r20_v5e256_f32 r152_v5e16_bf16 r152_v5e16_f32 r152std_v5e16_bf16 r50_v5e16_bf16 r50_v5e16_f32 \
 r50_v5e256_bf16 r152_v5e256_bf16 r152_v4_bf16 r20_v5e16_f32_max r20_v5e16_bf16_max \
-r50_v5e16_bf16_max r152_v4_f32 r152std_v5e16_f32 r152_v6e_bf16 r152_v6e_f32 r152_v5e16_bf16_max"
+r50_v5e16_bf16_max r152_v4_f32 r152std_v5e16_f32 r152_v6e_bf16 r152_v6e_f32 r152_v5e4_bf16 r152_v5e16_bf16_max"
 for name in ${CASES:-$ORDER}; do
   if [ -f "$OUT/$name/compile.json" ]; then echo "=== $name: done before"; continue; fi
   echo "=== $name ($(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg))"

@@ -1,5 +1,6 @@
 """The "Accelerator plan" tables of benchmarks/RESULTS.md from accelerator_plan.sh's compile.json
-files: one markdown row per case and train step (eval steps with --eval).
+files: one markdown row per case and train step (eval steps with --eval). Figures are per device:
+per chip, or per TensorCore where a slice lists each core as a device (v4, marked ‡).
 
   python benchmarks/accelerator_table.py [OUT] [--cases r152_v5e16_bf16,r152_v4_bf16] [--eval]
 """
@@ -9,8 +10,8 @@ import glob
 import json
 import os
 
-_SLICE = {"v4:2x2x1": "v4 2×2×1", "v5e:4x4": "v5e 4×4", "v5e:16x16": "v5e 16×16",
-          "v6e:2x2": "v6e 2×2"}
+_SLICE = {"v4:2x2x1": "v4 2×2×1", "v5e:2x2": "v5e 2×2", "v5e:4x4": "v5e 4×4",
+          "v5e:16x16": "v5e 16×16", "v6e:2x2": "v6e 2×2"}
 
 
 def _number(x: float, digits: int = 0) -> str:
@@ -20,6 +21,8 @@ def _number(x: float, digits: int = 0) -> str:
 def rows(report: dict, with_eval: bool) -> list[str]:
   out = []
   topology = _SLICE.get(report["topology"], report["topology"])
+  if report["devices"] != report["chips"]:  # v4: a device per TensorCore, figures per device
+    topology += " ‡"
   dtype = {"float32": "f32", "bfloat16": "bf16"}.get(report["config"]["dtype"],
                                                      report["config"]["dtype"])
   largest = report.get("max_global_batch")
