@@ -13,8 +13,6 @@ import collections
 import concurrent.futures
 import itertools
 import math
-import queue
-import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -150,65 +148,19 @@ def _local_batch_size(global_batch_size: int, process_index: int, process_count:
   return global_batch_size // process_count
 
 
-class _Raised:
-  def __init__(self, error: BaseException):
-    self.error = error
-
-
-_END = object()
-
-
 def _prefetch(make: Callable[[int], dict], keys: Iterator[int], depth: int,
               workers: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """Yields make(k) for k in keys, in order, computed `depth` batches ahead by a background
-  thread, or by `workers` threads at once.
+  """Yields make(k) for k in keys, in order, computed `depth` batches ahead by `workers`
+  background threads.
 
   numpy releases the GIL in its copy, gather and arithmetic loops, so batch preparation overlaps
   with the caller's work (e.g. dispatching a training step) and with the other workers'.
   """
-  if depth and workers > 1:
-    yield from _parallel(make, keys, depth, workers)
-    return
   if not depth:
     yield from map(make, keys)
     return
-  ready: queue.Queue = queue.Queue(maxsize=depth)
-  stop = threading.Event()
-
-  def put(item) -> bool:
-    while not stop.is_set():
-      try:
-        ready.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        continue
-    return False
-
-  def work() -> None:
-    try:
-      for key in keys:
-        if not put(make(key)):
-          return
-      put(_END)
-    except BaseException as e:  # pylint: disable=broad-except  (re-raised in the consumer)
-      put(_Raised(e))
-
-  thread = threading.Thread(target=work, name="csg_jax.data.prefetch", daemon=True)
-  thread.start()
-  try:
-    while (item := ready.get()) is not _END:
-      if isinstance(item, _Raised):
-        raise item.error
-      yield item
-  finally:
-    stop.set()  # Lets the thread exit when the consumer stops early or is closed.
-
-
-def _parallel(make: Callable[[int], dict], keys: Iterator[int], depth: int,
-              workers: int) -> Iterator[dict[str, np.ndarray]]:
-  """_prefetch with a pool of `workers` threads: up to depth + workers batches in flight."""
   pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="csg_jax.data.batch")
-  pending: collections.deque = collections.deque()
+  pending: collections.deque = collections.deque()  # depth + workers - 1 batches in flight
   try:
     for key in keys:
       pending.append(pool.submit(make, key))
