@@ -120,6 +120,14 @@ def partition_labels(tree, freeze_pattern: str):
   return jax.tree_util.tree_map_with_path(label, tree)
 
 
+def trained_leaves(tree, freeze_pattern: str) -> list:
+  """The leaves of a {"params": ..., "gates": ...} tree (either part may be absent) that an
+  optimiser with this freeze pattern updates: every leaf not labelled "frozen"."""
+  labels = partition_labels(tree, freeze_pattern)
+  return [leaf for leaf, label in zip(jax.tree_util.tree_leaves(tree),
+                                      jax.tree_util.tree_leaves(labels)) if label != "frozen"]
+
+
 def make_optimizers(config, plan: Plan, method) -> dict[str, optax.GradientTransformation]:
   """One partitioned transform per optimiser of `plan`, each over {"params": ..., "gates": ...}:
   the trunk by the role's optimiser and learning rate with config.optimizer's other settings,

@@ -226,13 +226,10 @@ def reduced_elements(tgt: Target, phase: str, state) -> tuple[int, int] | None:
   name = tgt.setup.plan.optimizer_of_phase.get(phase)
   if name is None:
     return None
-  trainable = state.trainable()
-  labels = optimizer_lib.partition_labels(trainable, tgt.setup.plan.optimizers[name].freeze)
   size = lambda x: math.prod(x.shape)
-  trained = sum(size(x) for x, label in zip(jax.tree_util.tree_leaves(trainable),
-                                            jax.tree_util.tree_leaves(labels))
-                if label != "frozen")
-  return trained, sum(size(x) for x in jax.tree_util.tree_leaves(state.batch_stats))
+  trained = optimizer_lib.trained_leaves(state.trainable(), tgt.setup.plan.optimizers[name].freeze)
+  return (sum(size(x) for x in trained),
+          sum(size(x) for x in jax.tree_util.tree_leaves(state.batch_stats)))
 
 
 def _figures(tgt: Target, compiled, batch: int, eval_batch: bool,

@@ -71,10 +71,8 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, me
   grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(trainable)
   updates, opt_state = tx.update(grads, state.opt_state[optimizer_name], trainable)
   trainable = optax.apply_updates(trainable, updates)
-  labels = optimizer_lib.partition_labels(grads, freeze)["params"]
   metrics["grad_norm"] = jnp.sqrt(sum(
-      (jnp.vdot(g, g) for g, label in zip(jax.tree_util.tree_leaves(grads["params"]),
-                                          jax.tree_util.tree_leaves(labels)) if label != "frozen"),
+      (jnp.vdot(g, g) for g in optimizer_lib.trained_leaves({"params": grads["params"]}, freeze)),
       jnp.zeros((), jnp.float32)))
   gate = gate_lib.gate_values(trainable["gates"])
   if gate is not None:
